@@ -1,0 +1,28 @@
+# signalbus: PGXS build
+MODULE_big = signalbus
+OBJS = \
+	src/signalbus.o \
+	src/guc.o \
+	src/shmem.o \
+	src/trigger.o \
+	src/xact.o \
+	src/launcher.o \
+	src/worker.o \
+	src/register.o \
+	src/flush.o \
+	src/message.o \
+	src/amqp.o
+PGFILEDESC = "signalbus - transactional outbox publishing to AMQP"
+
+EXTENSION = signalbus
+DATA = signalbus--0.1.0.sql
+
+REGRESS = register views errors
+TAP_TESTS = 1
+
+PG_CPPFLAGS = -I$(srcdir)/src
+SHLIB_LINK = -lrabbitmq
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

@@ -1,0 +1,921 @@
+/*-------------------------------------------------------------------------
+ *
+ * amqp.c
+ *		The broker connection: the only file that includes librabbitmq.
+ *
+ * A connection has one channel in confirm mode.  A burst is published
+ * pipelined, then the broker's basic.ack / basic.nack / basic.return frames
+ * are read until every message has an outcome or signalbus.confirm_timeout
+ * has passed.  librabbitmq's calls block and do not return for PostgreSQL's
+ * signals, so every wait here is on the socket together with the process
+ * latch, in bounded slices, with CHECK_FOR_INTERRUPTS() between them.
+ *
+ * Errors: sb_amqp_connect() raises 08001 when the broker cannot be reached.
+ * Publishing never raises; it records the reason in the connection and
+ * marks it unusable, so that the caller can still delete what the broker
+ * confirmed before deciding what to report.  All librabbitmq status codes
+ * and replies become text in one place, describe_reply().
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "signalbus.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <amqp.h>
+#include <amqp_framing.h>
+#include <amqp_ssl_socket.h>
+#include <amqp_tcp_socket.h>
+
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#define SB_CONNECT_TIMEOUT_S	10
+#define SB_MAX_HEADER_DEPTH		100
+#define SB_WAIT_SLICE_MS		1000
+#define SB_FRAME_MAX			131072
+
+struct SbAmqp
+{
+	amqp_connection_state_t conn;
+	amqp_channel_t channel;
+	bool		channel_open;
+	bool		usable;
+	bool		blocked;		/* connection.blocked by a resource alarm */
+	uint64		next_tag;		/* delivery tag of the next publish */
+	char	   *display_url;
+	char		error[SB_ERROR_LEN];
+};
+
+/*
+ * describe_reply: librabbitmq's reply to an RPC as one line of text.
+ */
+static void
+describe_reply(amqp_rpc_reply_t reply, const char *what, char *buf, size_t len)
+{
+	switch (reply.reply_type)
+	{
+		case AMQP_RESPONSE_NORMAL:
+			snprintf(buf, len, "%s: no error", what);
+			break;
+		case AMQP_RESPONSE_NONE:
+			snprintf(buf, len, "%s: no reply from the broker", what);
+			break;
+		case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+			snprintf(buf, len, "%s: %s", what,
+					 amqp_error_string2(reply.library_error));
+			break;
+		case AMQP_RESPONSE_SERVER_EXCEPTION:
+			if (reply.reply.id == AMQP_CONNECTION_CLOSE_METHOD)
+			{
+				amqp_connection_close_t *m = reply.reply.decoded;
+
+				snprintf(buf, len, "%s: broker closed the connection: %u %.*s",
+						 what, m->reply_code, (int) m->reply_text.len,
+						 (char *) m->reply_text.bytes);
+			}
+			else if (reply.reply.id == AMQP_CHANNEL_CLOSE_METHOD)
+			{
+				amqp_channel_close_t *m = reply.reply.decoded;
+
+				snprintf(buf, len, "%s: broker closed the channel: %u %.*s",
+						 what, m->reply_code, (int) m->reply_text.len,
+						 (char *) m->reply_text.bytes);
+			}
+			else
+				snprintf(buf, len, "%s: unexpected broker method 0x%08X",
+						 what, reply.reply.id);
+			break;
+	}
+}
+
+static void
+set_error(SbAmqp *c, const char *fmt,...) pg_attribute_printf(2, 3);
+
+static void
+set_error(SbAmqp *c, const char *fmt,...)
+{
+	va_list		ap;
+
+	va_start(ap, fmt);
+	vsnprintf(c->error, sizeof(c->error), fmt, ap);
+	va_end(ap);
+}
+
+/*
+ * sb_amqp_url_is_valid: whether librabbitmq can parse url.  Used by the GUC
+ * check hook, so it must not raise errors.
+ */
+bool
+sb_amqp_url_is_valid(const char *url, const char **detail)
+{
+	struct amqp_connection_info info;
+	char	   *copy = strdup(url);
+	int			status;
+
+	if (copy == NULL)
+		return true;			/* cannot tell; the worker will */
+	status = amqp_parse_url(copy, &info);
+	free(copy);
+	if (status != AMQP_STATUS_OK)
+	{
+		*detail = "The URL must look like amqp://user:password@host:port/vhost or amqps://...";
+		return false;
+	}
+	return true;
+}
+
+/*
+ * sb_amqp_display_url: url as amqp://user@host:port/vhost, for status and
+ * messages: never the password.
+ */
+char *
+sb_amqp_display_url(const char *url)
+{
+	struct amqp_connection_info info;
+	char	   *copy = pstrdup(url);
+	StringInfoData out;
+	const char *p;
+
+	if (amqp_parse_url(copy, &info) != AMQP_STATUS_OK)
+		return pstrdup("(invalid URL)");
+	initStringInfo(&out);
+	appendStringInfo(&out, "%s://%s@%s:%d/",
+					 info.ssl ? "amqps" : "amqp", info.user, info.host,
+					 info.port);
+	for (p = info.vhost; *p; p++)
+	{
+		unsigned char ch = (unsigned char) *p;
+
+		if (isalnum(ch) || ch == '-' || ch == '.' || ch == '_' || ch == '~')
+			appendStringInfoChar(&out, ch);
+		else
+			appendStringInfo(&out, "%%%02x", ch);
+	}
+	return out.data;
+}
+
+static void
+destroy(SbAmqp *c)
+{
+	if (c->conn)
+		amqp_destroy_connection(c->conn);
+	c->conn = NULL;
+	c->usable = false;
+}
+
+/*
+ * open_channel: open the next channel and put it in confirm mode.
+ */
+static bool
+open_channel(SbAmqp *c)
+{
+	amqp_rpc_reply_t reply;
+
+	c->channel++;
+	amqp_channel_open(c->conn, c->channel);
+	reply = amqp_get_rpc_reply(c->conn);
+	if (reply.reply_type != AMQP_RESPONSE_NORMAL)
+	{
+		describe_reply(reply, "could not open channel", c->error, sizeof(c->error));
+		return false;
+	}
+	amqp_confirm_select(c->conn, c->channel);
+	reply = amqp_get_rpc_reply(c->conn);
+	if (reply.reply_type != AMQP_RESPONSE_NORMAL)
+	{
+		describe_reply(reply, "could not enable publisher confirms", c->error,
+					   sizeof(c->error));
+		return false;
+	}
+	c->channel_open = true;
+	c->next_tag = 1;
+	return true;
+}
+
+/*
+ * sb_amqp_connect: connect to the broker at url, open a confirm-mode
+ * channel.  Raises 08001 on failure, with the password never shown.
+ */
+SbAmqp *
+sb_amqp_connect(const char *url, const char *connection_name)
+{
+	struct amqp_connection_info info;
+	char	   *copy = MemoryContextStrdup(TopMemoryContext, url);
+	SbAmqp	   *c;
+	amqp_socket_t *sock;
+	struct timeval tv;
+	amqp_rpc_reply_t reply;
+	amqp_table_entry_t entries[2];
+	amqp_table_t props;
+	int			status;
+	int			fd;
+	int			one = 1;
+
+	c = MemoryContextAllocZero(TopMemoryContext, sizeof(SbAmqp));
+	c->display_url = MemoryContextStrdup(TopMemoryContext,
+										 sb_amqp_display_url(url));
+	if (amqp_parse_url(copy, &info) != AMQP_STATUS_OK)
+	{
+		set_error(c, "invalid broker URL");
+		goto fail;
+	}
+
+	c->conn = amqp_new_connection();
+	if (c->conn == NULL)
+	{
+		set_error(c, "out of memory");
+		goto fail;
+	}
+	sock = info.ssl ? amqp_ssl_socket_new(c->conn) : amqp_tcp_socket_new(c->conn);
+	if (sock == NULL)
+	{
+		set_error(c, "could not create socket");
+		goto fail;
+	}
+	if (info.ssl)
+	{
+		amqp_ssl_socket_set_verify_peer(sock, 1);
+		amqp_ssl_socket_set_verify_hostname(sock, 1);
+	}
+
+	tv.tv_sec = SB_CONNECT_TIMEOUT_S;
+	tv.tv_usec = 0;
+	amqp_set_handshake_timeout(c->conn, &tv);
+	amqp_set_rpc_timeout(c->conn, &tv);
+	status = amqp_socket_open_noblock(sock, info.host, info.port, &tv);
+	if (status != AMQP_STATUS_OK)
+	{
+		set_error(c, "%s", amqp_error_string2(status));
+		goto fail;
+	}
+	fd = amqp_get_sockfd(c->conn);
+	if (fd >= 0)
+	{
+		/* small frames must not wait for Nagle and delayed ACKs */
+		(void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		(void) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	}
+
+	entries[0].key = amqp_cstring_bytes("connection_name");
+	entries[0].value.kind = AMQP_FIELD_KIND_UTF8;
+	entries[0].value.value.bytes = amqp_cstring_bytes(connection_name);
+	entries[1].key = amqp_cstring_bytes("product");
+	entries[1].value.kind = AMQP_FIELD_KIND_UTF8;
+	entries[1].value.value.bytes = amqp_cstring_bytes("signalbus");
+	props.num_entries = 2;
+	props.entries = entries;
+
+	reply = amqp_login_with_properties(c->conn, info.vhost, 0, SB_FRAME_MAX, 0,
+									   &props, AMQP_SASL_METHOD_PLAIN,
+									   info.user, info.password);
+	if (reply.reply_type != AMQP_RESPONSE_NORMAL)
+	{
+		describe_reply(reply, "login failed", c->error, sizeof(c->error));
+		goto fail;
+	}
+	if (!open_channel(c))
+		goto fail;
+
+	pfree(copy);
+	c->usable = true;
+	return c;
+
+fail:
+	{
+		char		msg[SB_ERROR_LEN];
+		char	   *display = pstrdup(c->display_url);
+
+		strlcpy(msg, c->error, sizeof(msg));
+		destroy(c);
+		pfree(c->display_url);
+		pfree(c);
+		pfree(copy);
+		ereport(ERROR,
+				(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
+				 errmsg("could not connect to AMQP broker at %s: %s",
+						display, msg)));
+	}
+	return NULL;				/* keep compiler quiet */
+}
+
+/*
+ * sb_amqp_close: close the connection and free it.  Never raises; the
+ * broker is not asked to close politely, so this never blocks either.
+ */
+void
+sb_amqp_close(SbAmqp *c)
+{
+	if (c == NULL)
+		return;
+	destroy(c);
+	if (c->display_url)
+		pfree(c->display_url);
+	pfree(c);
+}
+
+bool
+sb_amqp_usable(SbAmqp *c)
+{
+	return c != NULL && c->usable;
+}
+
+const char *
+sb_amqp_last_error(SbAmqp *c)
+{
+	return c->error;
+}
+
+/* ---------------------------------------------------------------------
+ * headers: jsonb object -> AMQP field table
+ * ---------------------------------------------------------------------
+ */
+static bool encode_value(JsonbValue *v, amqp_field_value_t *out, int depth,
+						 const char **error);
+
+static amqp_bytes_t
+copy_bytes(const char *data, Size len)
+{
+	amqp_bytes_t b;
+
+	b.len = len;
+	b.bytes = palloc(len + 1);
+	memcpy(b.bytes, data, len);
+	((char *) b.bytes)[len] = '\0';
+	return b;
+}
+
+static bool
+encode_table(JsonbContainer *container, amqp_table_t *table, int depth,
+			 const char **error)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	int			size = JsonContainerSize(container);
+
+	check_stack_depth();
+	if (depth > SB_MAX_HEADER_DEPTH)
+	{
+		*error = "headers are nested deeper than 100 levels";
+		return false;
+	}
+	table->num_entries = 0;
+	table->entries = palloc0(sizeof(amqp_table_entry_t) * Max(size, 1));
+	it = JsonbIteratorInit(container);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			if (v.val.string.len > 255)
+			{
+				*error = "a headers key is longer than 255 bytes";
+				return false;
+			}
+			table->entries[table->num_entries].key =
+				copy_bytes(v.val.string.val, v.val.string.len);
+		}
+		else if (tok == WJB_VALUE)
+		{
+			if (!encode_value(&v, &table->entries[table->num_entries].value,
+							  depth, error))
+				return false;
+			table->num_entries++;
+		}
+	}
+	return true;
+}
+
+static bool
+encode_array(JsonbContainer *container, amqp_array_t *array, int depth,
+			 const char **error)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	int			size = JsonContainerSize(container);
+
+	check_stack_depth();
+	if (depth > SB_MAX_HEADER_DEPTH)
+	{
+		*error = "headers are nested deeper than 100 levels";
+		return false;
+	}
+	array->num_entries = 0;
+	array->entries = palloc0(sizeof(amqp_field_value_t) * Max(size, 1));
+	it = JsonbIteratorInit(container);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_ELEM)
+		{
+			if (!encode_value(&v, &array->entries[array->num_entries], depth, error))
+				return false;
+			array->num_entries++;
+		}
+	}
+	return true;
+}
+
+static void
+encode_number(Numeric num, amqp_field_value_t *out)
+{
+	char	   *s = DatumGetCString(DirectFunctionCall1(numeric_out,
+														NumericGetDatum(num)));
+	const char *p = s;
+	bool		integral = true;
+
+	if (*p == '-')
+		p++;
+	for (; *p; p++)
+		if (!isdigit((unsigned char) *p))
+			integral = false;
+	if (integral)
+	{
+		char	   *end;
+		long long	ll;
+
+		errno = 0;
+		ll = strtoll(s, &end, 10);
+		if (errno == 0 && *end == '\0')
+		{
+			out->kind = AMQP_FIELD_KIND_I64;
+			out->value.i64 = (int64_t) ll;
+			return;
+		}
+	}
+	out->kind = AMQP_FIELD_KIND_F64;
+	out->value.f64 = strtod(s, NULL);
+}
+
+static bool
+encode_value(JsonbValue *v, amqp_field_value_t *out, int depth,
+			 const char **error)
+{
+	switch (v->type)
+	{
+		case jbvNull:
+			out->kind = AMQP_FIELD_KIND_VOID;
+			return true;
+		case jbvBool:
+			out->kind = AMQP_FIELD_KIND_BOOLEAN;
+			out->value.boolean = v->val.boolean;
+			return true;
+		case jbvString:
+			out->kind = AMQP_FIELD_KIND_UTF8;
+			out->value.bytes = copy_bytes(v->val.string.val, v->val.string.len);
+			return true;
+		case jbvNumeric:
+			encode_number(v->val.numeric, out);
+			return true;
+		case jbvBinary:
+			if (JsonContainerIsObject(v->val.binary.data))
+			{
+				out->kind = AMQP_FIELD_KIND_TABLE;
+				return encode_table(v->val.binary.data, &out->value.table,
+									depth + 1, error);
+			}
+			out->kind = AMQP_FIELD_KIND_ARRAY;
+			return encode_array(v->val.binary.data, &out->value.array,
+								depth + 1, error);
+		default:
+			*error = "headers hold a value of an unsupported JSON type";
+			return false;
+	}
+}
+
+/*
+ * sb_amqp_encode_headers: turn a jsonb object into an AMQP field table
+ * allocated in the current memory context; NULL with *error set when the
+ * value cannot be headers.
+ */
+void *
+sb_amqp_encode_headers(Jsonb *jb, const char **error)
+{
+	amqp_table_t *table;
+
+	if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
+	{
+		*error = "headers is not a JSON object";
+		return NULL;
+	}
+	table = palloc(sizeof(amqp_table_t));
+	if (!encode_table(&jb->root, table, 1, error))
+		return NULL;
+	return table;
+}
+
+/* ---------------------------------------------------------------------
+ * publishing
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * next_frame: the next frame from the broker, waiting on the socket and the
+ * latch until deadline.  Returns an AMQP status; AMQP_STATUS_TIMEOUT at the
+ * deadline.
+ */
+static int
+next_frame(SbAmqp *c, TimestampTz deadline, amqp_frame_t *frame)
+{
+	struct timeval zero = {0, 0};
+	int			fd = amqp_get_sockfd(c->conn);
+
+	for (;;)
+	{
+		long		remaining;
+		int			rc;
+		int			status;
+
+		CHECK_FOR_INTERRUPTS();
+		if (amqp_frames_enqueued(c->conn) || amqp_data_in_buffer(c->conn))
+		{
+			status = amqp_simple_wait_frame_noblock(c->conn, frame, &zero);
+			if (status != AMQP_STATUS_TIMEOUT)
+				return status;
+		}
+		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (remaining <= 0)
+			return AMQP_STATUS_TIMEOUT;
+
+		rc = WaitLatchOrSocket(MyLatch,
+							   WL_LATCH_SET | WL_SOCKET_READABLE | WL_TIMEOUT |
+							   WL_EXIT_ON_PM_DEATH,
+							   fd, Min(remaining, SB_WAIT_SLICE_MS),
+							   PG_WAIT_EXTENSION);
+		if (rc & WL_LATCH_SET)
+			ResetLatch(MyLatch);
+		if (rc & WL_SOCKET_READABLE)
+		{
+			/* a TLS record may be partly received: allow a short wait */
+			struct timeval slice = {0, 10000};
+
+			status = amqp_simple_wait_frame_noblock(c->conn, frame, &slice);
+			if (status != AMQP_STATUS_TIMEOUT)
+				return status;
+		}
+	}
+}
+
+typedef struct BurstState
+{
+	SbMessage  *msgs;
+	SbOutcome  *outcomes;
+	int		   *by_tag;			/* message index of tag first_tag + k */
+	int			npublished;
+	uint64		first_tag;
+	int			unresolved;
+	int			low;			/* every k below is resolved */
+} BurstState;
+
+static void
+resolve(BurstState *bs, uint64 tag, bool multiple, SbOutcome outcome)
+{
+	int			k;
+
+	if (tag < bs->first_tag)
+		return;
+	k = (int) (tag - bs->first_tag);
+	if (k >= bs->npublished)
+		k = bs->npublished - 1;
+	if (multiple)
+	{
+		int			j;
+
+		for (j = bs->low; j <= k; j++)
+		{
+			int			i = bs->by_tag[j];
+
+			if (bs->outcomes[i] == SB_PENDING)
+			{
+				bs->outcomes[i] = outcome;
+				bs->unresolved--;
+			}
+		}
+		bs->low = Max(bs->low, k + 1);
+	}
+	else
+	{
+		int			i = bs->by_tag[k];
+
+		if (bs->outcomes[i] == SB_PENDING)
+		{
+			bs->outcomes[i] = outcome;
+			bs->unresolved--;
+		}
+	}
+}
+
+/*
+ * handle_return: a basic.return carries no delivery tag; match it to the
+ * earliest pending message with the same exchange, routing key and body
+ * (identical messages are interchangeable).  Reads the content frames that
+ * follow the method.
+ */
+static bool
+handle_return(SbAmqp *c, BurstState *bs, amqp_basic_return_t *ret,
+			  TimestampTz deadline)
+{
+	amqp_frame_t frame;
+	char	   *exchange = pnstrdup(ret->exchange.bytes, ret->exchange.len);
+	char	   *rkey = pnstrdup(ret->routing_key.bytes, ret->routing_key.len);
+	char	   *body = NULL;
+	uint64		body_size;
+	uint64		received = 0;
+	int			status;
+	int			j;
+
+	status = next_frame(c, deadline, &frame);
+	if (status != AMQP_STATUS_OK || frame.frame_type != AMQP_FRAME_HEADER)
+	{
+		set_error(c, "malformed basic.return from broker");
+		return false;
+	}
+	body_size = frame.payload.properties.body_size;
+	body = palloc(body_size + 1);
+	while (received < body_size)
+	{
+		status = next_frame(c, deadline, &frame);
+		if (status != AMQP_STATUS_OK || frame.frame_type != AMQP_FRAME_BODY ||
+			received + frame.payload.body_fragment.len > body_size)
+		{
+			set_error(c, "malformed basic.return from broker");
+			return false;
+		}
+		memcpy(body + received, frame.payload.body_fragment.bytes,
+			   frame.payload.body_fragment.len);
+		received += frame.payload.body_fragment.len;
+	}
+
+	for (j = bs->low; j < bs->npublished; j++)
+	{
+		int			i = bs->by_tag[j];
+		SbMessage  *m = &bs->msgs[i];
+
+		if (bs->outcomes[i] == SB_PENDING &&
+			m->body_len == body_size &&
+			strcmp(m->exchange, exchange) == 0 &&
+			strcmp(m->routing_key, rkey) == 0 &&
+			memcmp(m->body, body, body_size) == 0)
+		{
+			bs->outcomes[i] = SB_RETURNED;
+			bs->unresolved--;
+			m->error = psprintf("returned by the broker: %u %.*s",
+								ret->reply_code, (int) ret->reply_text.len,
+								(char *) ret->reply_text.bytes);
+			break;
+		}
+	}
+	pfree(body);
+	return true;
+}
+
+/*
+ * handle_frame: apply one frame from the broker.  Returns false when the
+ * burst cannot go on (channel or connection closed, protocol error).
+ */
+static bool
+handle_frame(SbAmqp *c, BurstState *bs, amqp_frame_t *frame, TimestampTz deadline)
+{
+	if (frame->frame_type != AMQP_FRAME_METHOD)
+		return true;			/* heartbeat or stray content */
+
+	if (frame->channel != 0 && frame->channel != c->channel)
+		return true;			/* an old channel's leftovers */
+
+	switch (frame->payload.method.id)
+	{
+		case AMQP_BASIC_ACK_METHOD:
+			{
+				amqp_basic_ack_t *m = frame->payload.method.decoded;
+
+				resolve(bs, m->delivery_tag, m->multiple, SB_ACKED);
+				return true;
+			}
+		case AMQP_BASIC_NACK_METHOD:
+			{
+				amqp_basic_nack_t *m = frame->payload.method.decoded;
+
+				resolve(bs, m->delivery_tag, m->multiple, SB_NACKED);
+				return true;
+			}
+		case AMQP_BASIC_RETURN_METHOD:
+			return handle_return(c, bs, frame->payload.method.decoded, deadline);
+		case AMQP_CHANNEL_CLOSE_METHOD:
+			{
+				amqp_channel_close_t *m = frame->payload.method.decoded;
+				amqp_channel_close_ok_t ok;
+
+				set_error(c, "broker closed the channel: %u %.*s",
+						  m->reply_code, (int) m->reply_text.len,
+						  (char *) m->reply_text.bytes);
+				amqp_send_method(c->conn, frame->channel,
+								 AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+				c->channel_open = false;
+				return false;
+			}
+		case AMQP_CONNECTION_CLOSE_METHOD:
+			{
+				amqp_connection_close_t *m = frame->payload.method.decoded;
+				amqp_connection_close_ok_t ok;
+
+				set_error(c, "broker closed the connection: %u %.*s",
+						  m->reply_code, (int) m->reply_text.len,
+						  (char *) m->reply_text.bytes);
+				amqp_send_method(c->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+				c->usable = false;
+				return false;
+			}
+		case AMQP_CONNECTION_BLOCKED_METHOD:
+			c->blocked = true;
+			return true;
+		case AMQP_CONNECTION_UNBLOCKED_METHOD:
+			c->blocked = false;
+			return true;
+		default:
+			return true;
+	}
+}
+
+static void
+fill_properties(SbMessage *m, amqp_basic_properties_t *p)
+{
+	static const amqp_flags_t flags[SB_NPROPS] = {
+		AMQP_BASIC_CONTENT_TYPE_FLAG,
+		AMQP_BASIC_CONTENT_ENCODING_FLAG,
+		AMQP_BASIC_CORRELATION_ID_FLAG,
+		AMQP_BASIC_REPLY_TO_FLAG,
+		AMQP_BASIC_EXPIRATION_FLAG,
+		AMQP_BASIC_MESSAGE_ID_FLAG,
+		AMQP_BASIC_TYPE_FLAG,
+		AMQP_BASIC_USER_ID_FLAG,
+		AMQP_BASIC_APP_ID_FLAG
+	};
+	amqp_bytes_t *fields[SB_NPROPS] = {
+		&p->content_type,
+		&p->content_encoding,
+		&p->correlation_id,
+		&p->reply_to,
+		&p->expiration,
+		&p->message_id,
+		&p->type,
+		&p->user_id,
+		&p->app_id
+	};
+	int			i;
+
+	memset(p, 0, sizeof(*p));
+	for (i = 0; i < SB_NPROPS; i++)
+	{
+		if (m->props[i] == NULL)
+			continue;
+		p->_flags |= flags[i];
+		*fields[i] = amqp_cstring_bytes(m->props[i]);
+	}
+	p->_flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
+	p->delivery_mode = (uint8_t) m->delivery_mode;
+	if (m->priority >= 0)
+	{
+		p->_flags |= AMQP_BASIC_PRIORITY_FLAG;
+		p->priority = (uint8_t) m->priority;
+	}
+	if (m->has_timestamp)
+	{
+		p->_flags |= AMQP_BASIC_TIMESTAMP_FLAG;
+		p->timestamp = (uint64_t) m->timestamp;
+	}
+	if (m->headers)
+	{
+		p->_flags |= AMQP_BASIC_HEADERS_FLAG;
+		p->headers = *(amqp_table_t *) m->headers;
+	}
+}
+
+/*
+ * drain_ready: apply the frames that have already arrived, without waiting,
+ * so that confirms do not pile up while a long burst is written.
+ */
+static bool
+drain_ready(SbAmqp *c, BurstState *bs, TimestampTz deadline)
+{
+	struct timeval zero = {0, 0};
+	amqp_frame_t frame;
+
+	for (;;)
+	{
+		int			status = amqp_simple_wait_frame_noblock(c->conn, &frame, &zero);
+
+		if (status == AMQP_STATUS_TIMEOUT)
+			return true;
+		if (status != AMQP_STATUS_OK)
+		{
+			set_error(c, "connection to broker lost: %s", amqp_error_string2(status));
+			c->usable = false;
+			return false;
+		}
+		if (!handle_frame(c, bs, &frame, deadline))
+			return false;
+	}
+}
+
+/*
+ * sb_amqp_publish_burst: publish msgs and wait for the broker's verdict on
+ * each.  outcomes[i] says what became of msgs[i]; messages with an error
+ * are not published (SB_INVALID).  Never raises an error for the broker's
+ * sake: a failure makes the connection unusable (see sb_amqp_last_error)
+ * and leaves the unconfirmed messages SB_UNKNOWN.
+ */
+void
+sb_amqp_publish_burst(SbAmqp *c, SbMessage *msgs, int nmsgs, bool mandatory,
+					  int timeout_ms, SbOutcome *outcomes)
+{
+	BurstState	bs;
+	TimestampTz deadline;
+	int			i;
+
+	memset(&bs, 0, sizeof(bs));
+	bs.msgs = msgs;
+	bs.outcomes = outcomes;
+	bs.by_tag = palloc(sizeof(int) * Max(nmsgs, 1));
+
+	for (i = 0; i < nmsgs; i++)
+		outcomes[i] = msgs[i].error ? SB_INVALID : SB_UNKNOWN;
+
+	if (!c->usable)
+		return;
+	if (!c->channel_open && !open_channel(c))
+	{
+		c->usable = false;
+		return;
+	}
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	bs.first_tag = c->next_tag;
+
+	for (i = 0; i < nmsgs; i++)
+	{
+		SbMessage  *m = &msgs[i];
+		amqp_basic_properties_t props;
+		amqp_bytes_t body;
+		int			status;
+
+		if (m->error)
+			continue;
+		fill_properties(m, &props);
+		body.bytes = (void *) m->body;
+		body.len = m->body_len;
+		status = amqp_basic_publish(c->conn, c->channel,
+									amqp_cstring_bytes(m->exchange),
+									amqp_cstring_bytes(m->routing_key),
+									mandatory, 0, &props, body);
+		if (status != AMQP_STATUS_OK)
+		{
+			set_error(c, "could not publish: %s", amqp_error_string2(status));
+			c->usable = false;
+			break;
+		}
+		outcomes[i] = SB_PENDING;
+		bs.by_tag[bs.npublished++] = i;
+		bs.unresolved++;
+		c->next_tag++;
+
+		if ((bs.npublished % 128) == 0 && !drain_ready(c, &bs, deadline))
+			break;
+	}
+
+	while (bs.unresolved > 0 && c->usable && c->channel_open)
+	{
+		amqp_frame_t frame;
+		int			status = next_frame(c, deadline, &frame);
+
+		if (status == AMQP_STATUS_TIMEOUT)
+		{
+			set_error(c, "timed out after %d ms waiting for publisher confirms%s",
+					  timeout_ms,
+					  c->blocked ? " (the broker blocked the connection: resource alarm)" : "");
+			c->usable = false;
+			break;
+		}
+		if (status != AMQP_STATUS_OK)
+		{
+			set_error(c, "connection to broker lost: %s", amqp_error_string2(status));
+			c->usable = false;
+			break;
+		}
+		if (!handle_frame(c, &bs, &frame, deadline))
+			break;
+	}
+
+	for (i = 0; i < nmsgs; i++)
+		if (outcomes[i] == SB_PENDING)
+			outcomes[i] = SB_UNKNOWN;
+	pfree(bs.by_tag);
+	amqp_maybe_release_buffers(c->conn);
+}

@@ -1,0 +1,117 @@
+/*-------------------------------------------------------------------------
+ *
+ * guc.c
+ *		The configuration parameters of signalbus, all in one place.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "signalbus.h"
+
+#include "utils/guc.h"
+
+char	   *signalbus_amqp_url = NULL;
+char	   *signalbus_databases = NULL;
+bool		signalbus_autoflush = true;
+int			signalbus_flush_interval = 5000;
+int			signalbus_max_attempts = 5;
+int			signalbus_confirm_timeout = 30000;
+int			signalbus_queue_size = 65536;
+int			signalbus_max_backoff = 60000;
+
+/*
+ * check_amqp_url: refuse a URL that librabbitmq cannot parse, so that a typo
+ * fails at SET/reload time rather than in the worker.
+ */
+static bool
+check_amqp_url(char **newval, void **extra, GucSource source)
+{
+	const char *detail = NULL;
+
+	if (*newval == NULL || sb_amqp_url_is_valid(*newval, &detail))
+		return true;
+	GUC_check_errdetail("%s", detail);
+	return false;
+}
+
+/*
+ * sb_guc_init: define every GUC.  Called from _PG_init in any process that
+ * loads the library; postmaster-context settings only take effect when the
+ * library is preloaded.
+ */
+void
+sb_guc_init(void)
+{
+	DefineCustomStringVariable("signalbus.amqp_url",
+							   "URL of the AMQP broker that signals are sent to.",
+							   "amqp://user:password@host:port/vhost, or amqps:// for TLS.",
+							   &signalbus_amqp_url,
+							   "amqp://guest:guest@localhost:5672/%2f",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   check_amqp_url, NULL, NULL);
+
+	DefineCustomStringVariable("signalbus.databases",
+							   "Comma-separated list of databases that get a signalbus worker.",
+							   NULL,
+							   &signalbus_databases,
+							   "postgres",
+							   PGC_POSTMASTER,
+							   GUC_LIST_INPUT,
+							   NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("signalbus.autoflush",
+							 "Whether this session's commits wake the worker to send their signals.",
+							 "When off, committed signals wait for the periodic sweep or an explicit flush.",
+							 &signalbus_autoflush,
+							 true,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("signalbus.flush_interval",
+							"How often the worker sweeps every signal table.",
+							NULL,
+							&signalbus_flush_interval,
+							5000, 100, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("signalbus.max_attempts",
+							"Failures of one row before it moves to signalbus_dead_letters.",
+							NULL,
+							&signalbus_max_attempts,
+							5, 1, 1000000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("signalbus.confirm_timeout",
+							"How long to wait for the broker's publisher confirms of a burst.",
+							NULL,
+							&signalbus_confirm_timeout,
+							30000, 100, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("signalbus.queue_size",
+							"Committed rows each database's commit queue holds for its worker.",
+							"Rows that do not fit are sent by a sweep.",
+							&signalbus_queue_size,
+							65536, 16, 16 * 1024 * 1024,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("signalbus.max_backoff",
+							"Longest wait between two attempts to reach the broker.",
+							NULL,
+							&signalbus_max_backoff,
+							60000, 1000, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("signalbus");
+}

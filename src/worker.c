@@ -1,0 +1,608 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *		The worker of one database: pops the rows that committing backends
+ *		queued, sweeps every signal table each signalbus.flush_interval,
+ *		and keeps one connection to the broker.
+ *
+ * The loop, in worker_spi's shape:
+ *	- reload the configuration on SIGHUP (a new broker URL reconnects);
+ *	- read the registered signal tables (at start, when a registration
+ *	  changed, and before each sweep); wait quietly while the extension is
+ *	  not created in the database;
+ *	- when there is work, connect if needed, then send: queued rows by
+ *	  ctid, then, if due, a sweep of every table; one transaction a burst;
+ *	- wait on the latch until the next sweep.
+ * A broker failure rolls back the burst, closes the connection and backs
+ * off exponentially (with jitter, up to signalbus.max_backoff); the next
+ * connection starts with a sweep, so nothing the failure interrupted
+ * waits for the next interval.  Errors are logged once per change of
+ * state, and shown in signalbus_status.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "signalbus.h"
+
+#include "access/xact.h"
+#include "common/pg_prng.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#define SB_POP_BATCH		8192
+#define SB_TABLE_ERRORS		64
+
+static SbSlot *slot = NULL;
+static SbAmqp *conn = NULL;
+static char *conn_url = NULL;	/* the URL conn was opened with */
+static MemoryContext catalog_cxt = NULL;	/* the list of signal tables */
+static MemoryContext loop_cxt = NULL;	/* reset every iteration */
+static List *signals = NIL;
+static bool extension_present = false;
+static bool catalog_loaded = false;
+static uint32 catalog_generation = 0;
+
+static int	backoff_attempts = 0;
+static TimestampTz backoff_until = 0;
+static TimestampTz next_sweep = 0;
+static bool sweep_everything = true;
+static bool ever_connected = false;
+
+/* what was last logged, so that a repeated failure is logged once */
+static char logged_broker_error[SB_ERROR_LEN] = "";
+typedef struct TableError
+{
+	Oid			relid;
+	char		message[SB_ERROR_LEN];
+} TableError;
+static TableError table_errors[SB_TABLE_ERRORS];
+static int	ntable_errors = 0;
+
+static void
+worker_detach(int code, Datum arg)
+{
+	if (conn)
+		sb_amqp_close(conn);
+	conn = NULL;
+	if (slot)
+	{
+		LWLockAcquire(slot->lock, LW_EXCLUSIVE);
+		slot->pid = 0;
+		slot->latch = NULL;
+		slot->dboid = InvalidOid;
+		slot->state = SB_STATE_STOPPED;
+		LWLockRelease(slot->lock);
+	}
+}
+
+static void
+set_broker_display(void)
+{
+	char	   *display = sb_amqp_display_url(signalbus_amqp_url);
+
+	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
+	strlcpy(slot->broker, display, SB_BROKER_LEN);
+	LWLockRelease(slot->lock);
+	pfree(display);
+}
+
+static void
+disconnect(void)
+{
+	if (conn)
+		sb_amqp_close(conn);
+	conn = NULL;
+}
+
+/*
+ * broker_failed: close the connection, back off, and say so once.
+ */
+static void
+broker_failed(const char *message)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	double		delay;
+
+	disconnect();
+	delay = 1000.0 * (1 << Min(backoff_attempts, 16));
+	delay = Min(delay, (double) signalbus_max_backoff);
+	/* jitter: between half and all of the delay */
+	delay *= 0.5 + 0.5 * pg_prng_double(&pg_global_prng_state);
+	backoff_attempts++;
+	backoff_until = TimestampTzPlusMilliseconds(now, (int64) delay);
+	sweep_everything = true;
+
+	sb_slot_set_error(slot, message);
+	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
+	slot->state = SB_STATE_BACKOFF;
+	slot->next_attempt_at = backoff_until;
+	LWLockRelease(slot->lock);
+
+	if (strcmp(logged_broker_error, message) != 0)
+	{
+		ereport(LOG,
+				(errmsg("signalbus worker for database \"%s\": %s",
+						slot->dbname, message),
+				 errdetail("Signals stay in their tables and are sent once the broker can be reached; retrying with backoff.")));
+		strlcpy(logged_broker_error, message, SB_ERROR_LEN);
+	}
+}
+
+static void
+broker_succeeded(void)
+{
+	backoff_attempts = 0;
+	backoff_until = 0;
+	if (logged_broker_error[0] != '\0')
+	{
+		char	   *display = sb_amqp_display_url(signalbus_amqp_url);
+
+		ereport(LOG,
+				(errmsg("signalbus worker for database \"%s\": broker at %s reachable again",
+						slot->dbname, display)));
+		logged_broker_error[0] = '\0';
+	}
+}
+
+/*
+ * table_failed: a table could not be sent (e.g. a special column altered to
+ * a wrong type); its rows stay.  Logged once per table and message.
+ */
+static void
+table_failed(Oid relid, const char *message)
+{
+	int			i;
+
+	sb_slot_set_error(slot, message);
+	for (i = 0; i < ntable_errors; i++)
+		if (table_errors[i].relid == relid)
+			break;
+	if (i < ntable_errors && strcmp(table_errors[i].message, message) == 0)
+		return;
+	if (i == ntable_errors)
+	{
+		if (ntable_errors == SB_TABLE_ERRORS)
+			i = ntable_errors - 1;	/* forget the last one */
+		else
+			ntable_errors++;
+	}
+	table_errors[i].relid = relid;
+	strlcpy(table_errors[i].message, message, SB_ERROR_LEN);
+	ereport(LOG,
+			(errmsg("signalbus worker for database \"%s\": %s",
+					slot->dbname, message)));
+}
+
+static void
+table_succeeded(Oid relid)
+{
+	int			i;
+
+	for (i = 0; i < ntable_errors; i++)
+		if (table_errors[i].relid == relid)
+		{
+			table_errors[i] = table_errors[--ntable_errors];
+			return;
+		}
+}
+
+/*
+ * caught_error: turn the error being handled into text, clean up the
+ * transaction.  Returns the message (in loop_cxt) and its SQLSTATE.
+ */
+static char *
+caught_error(int *sqlerrcode)
+{
+	ErrorData  *edata;
+	char	   *message;
+
+	MemoryContextSwitchTo(loop_cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	MemoryContextSwitchTo(loop_cxt);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	*sqlerrcode = edata->sqlerrcode;
+	message = pstrdup(edata->message ? edata->message : "unknown error");
+	FreeErrorData(edata);
+	return message;
+}
+
+/*
+ * load_catalog: read the registered signal tables, or learn that the
+ * extension is not (or no longer) created.
+ */
+static void
+load_catalog(void)
+{
+	uint32		generation;
+
+	LWLockAcquire(slot->lock, LW_SHARED);
+	generation = slot->config_generation;
+	LWLockRelease(slot->lock);
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, "signalbus: reading signal tables");
+
+		MemoryContextReset(catalog_cxt);
+		signals = NIL;
+		extension_present = sb_extension_info(NULL, NULL);
+		if (extension_present)
+		{
+			MemoryContext old = MemoryContextSwitchTo(catalog_cxt);
+
+			signals = sb_load_signals(InvalidOid);
+			MemoryContextSwitchTo(old);
+		}
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		catalog_loaded = true;
+		catalog_generation = generation;
+	}
+	PG_CATCH();
+	{
+		int			code;
+		char	   *message = caught_error(&code);
+
+		MemoryContextReset(catalog_cxt);
+		signals = NIL;
+		catalog_loaded = false;
+		table_failed(InvalidOid, psprintf("could not read signal tables: %s", message));
+	}
+	PG_END_TRY();
+}
+
+static SbSignal *
+find_signal(Oid relid)
+{
+	ListCell   *lc;
+
+	foreach(lc, signals)
+	{
+		SbSignal   *sig = lfirst(lc);
+
+		if (sig->relid == relid)
+			return sig;
+	}
+	return NULL;
+}
+
+/*
+ * run_burst: one burst of sig in a transaction of its own.  Returns false
+ * when the broker failed (the caller stops sending).
+ */
+static bool
+run_burst(SbSignal *sig, const ItemPointerData *tids, int ntids,
+		  const ItemPointerData *after, SbBurst *res)
+{
+	bool		broker_ok = true;
+
+	memset(res, 0, sizeof(SbBurst));
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, "signalbus: sending");
+
+		sb_flush_burst(conn, sig, tids, ntids, after, false, res);
+
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_stat(false);
+		pgstat_report_activity(STATE_IDLE, NULL);
+
+		sb_slot_count(slot, res->sent, res->failed);
+		if (res->broker_failed)
+		{
+			broker_failed(sb_amqp_last_error(conn));
+			broker_ok = false;
+		}
+		else
+		{
+			broker_succeeded();
+			table_succeeded(sig->relid);
+		}
+	}
+	PG_CATCH();
+	{
+		int			code;
+		char	   *message = caught_error(&code);
+
+		if (ERRCODE_TO_CATEGORY(code) == ERRCODE_CONNECTION_EXCEPTION)
+		{
+			broker_failed(message);
+			broker_ok = false;
+		}
+		else
+			table_failed(sig->relid,
+						 psprintf("could not send signals of table \"%s\": %s",
+								  sig->relname, message));
+		res->fetched = 0;
+	}
+	PG_END_TRY();
+	return broker_ok;
+}
+
+/*
+ * sweep_table: send every pending row of sig, in bursts.
+ */
+static bool
+sweep_table(SbSignal *sig)
+{
+	ItemPointerData after;
+	SbBurst		res;
+
+	ItemPointerSet(&after, 0, 0);
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (!run_burst(sig, NULL, 0, &after, &res))
+			return false;
+		after = res.last_tid;
+		if (res.fetched < sig->burst_count)
+			return true;
+		if (sig->order_by != NULL && res.sent == 0)
+			return true;
+		/* keep fast-path rows flowing while a large table is swept */
+		if (ConfigReloadPending)
+			return true;
+	}
+}
+
+static int
+compare_entries(const void *a, const void *b)
+{
+	const SbQueueEntry *x = a;
+	const SbQueueEntry *y = b;
+
+	if (x->relid != y->relid)
+		return x->relid < y->relid ? -1 : 1;
+	return ItemPointerCompare((ItemPointer) &x->tid, (ItemPointer) &y->tid);
+}
+
+/*
+ * send_queued: send the rows committing backends queued, by ctid.
+ */
+static bool
+send_queued(SbQueueEntry *buf)
+{
+	for (;;)
+	{
+		int			n = sb_queue_pop(slot, buf, SB_POP_BATCH);
+		int			start = 0;
+
+		if (n == 0)
+			return true;
+		qsort(buf, n, sizeof(SbQueueEntry), compare_entries);
+		while (start < n)
+		{
+			Oid			relid = buf[start].relid;
+			int			end = start;
+			SbSignal   *sig;
+
+			while (end < n && buf[end].relid == relid)
+				end++;
+			sig = find_signal(relid);
+			if (sig != NULL)
+			{
+				int			pos;
+
+				for (pos = start; pos < end; pos += sig->burst_count)
+				{
+					int			k = Min(sig->burst_count, end - pos);
+					ItemPointerData *tids = palloc(sizeof(ItemPointerData) * k);
+					SbBurst		res;
+					int			j;
+
+					for (j = 0; j < k; j++)
+						tids[j] = buf[pos + j].tid;
+					if (!run_burst(sig, tids, k, NULL, &res))
+						return false;
+					pfree(tids);
+				}
+			}
+			start = end;
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * sweep: every table (all) or just those whose rows overflowed the queue.
+ */
+static bool
+sweep(bool all, const Oid *relids, int nrelids)
+{
+	ListCell   *lc;
+
+	foreach(lc, signals)
+	{
+		SbSignal   *sig = lfirst(lc);
+		bool		wanted = all;
+		int			i;
+
+		for (i = 0; !wanted && i < nrelids; i++)
+			wanted = (relids[i] == sig->relid);
+		if (wanted && !sweep_table(sig))
+			return false;
+	}
+	return true;
+}
+
+static void
+wait_for(long timeout_ms)
+{
+	int			rc;
+
+	rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+				   Max(timeout_ms, 1), PG_WAIT_EXTENSION);
+	if (rc & WL_LATCH_SET)
+		ResetLatch(MyLatch);
+}
+
+void
+signalbus_worker_main(Datum arg)
+{
+	int			index = DatumGetInt32(arg);
+	Oid			dboid;
+	SbQueueEntry *buf;
+
+	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
+	slot = &sb_shared->slots[index];
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	pgstat_report_appname("signalbus worker");
+
+	before_shmem_exit(worker_detach, (Datum) 0);
+	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
+	slot->pid = MyProcPid;
+	slot->latch = MyLatch;
+	slot->dboid = dboid;
+	slot->state = SB_STATE_IDLE;
+	LWLockRelease(slot->lock);
+	set_broker_display();
+
+	catalog_cxt = AllocSetContextCreate(TopMemoryContext, "signalbus catalog",
+										ALLOCSET_SMALL_SIZES);
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "signalbus loop",
+									 ALLOCSET_DEFAULT_SIZES);
+	buf = MemoryContextAlloc(TopMemoryContext, sizeof(SbQueueEntry) * SB_POP_BATCH);
+
+	for (;;)
+	{
+		TimestampTz now;
+		bool		sweep_due;
+		bool		sweep_all;
+		Oid			relids[SB_SWEEP_RELIDS];
+		int			nrelids;
+		uint32		generation;
+
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(loop_cxt);
+		MemoryContextSwitchTo(loop_cxt);
+
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			set_broker_display();
+			if (conn_url == NULL || strcmp(conn_url, signalbus_amqp_url) != 0)
+			{
+				disconnect();
+				backoff_until = 0;
+				backoff_attempts = 0;
+				sweep_everything = true;
+			}
+		}
+
+		now = GetCurrentTimestamp();
+		sweep_due = sweep_everything || now >= next_sweep;
+
+		LWLockAcquire(slot->lock, LW_SHARED);
+		generation = slot->config_generation;
+		LWLockRelease(slot->lock);
+		if (!catalog_loaded || generation != catalog_generation || sweep_due)
+			load_catalog();
+
+		if (!extension_present)
+		{
+			/* nothing to send until CREATE EXTENSION; drop queued rows */
+			disconnect();
+			while (sb_queue_pop(slot, buf, SB_POP_BATCH) > 0)
+				;
+			(void) sb_slot_take_sweep(slot, &sweep_all, relids, &nrelids);
+			sb_slot_set_state(slot, SB_STATE_WAITING_EXTENSION);
+			sweep_everything = true;
+			wait_for(signalbus_flush_interval);
+			continue;
+		}
+
+		if (!sweep_due && sb_queue_is_empty(slot))
+		{
+			sb_slot_set_state(slot, SB_STATE_IDLE);
+			wait_for(TimestampDifferenceMilliseconds(now, next_sweep));
+			continue;
+		}
+
+		/* there is work: the broker first */
+		if (backoff_until != 0 && now < backoff_until)
+		{
+			wait_for(TimestampDifferenceMilliseconds(now, backoff_until));
+			continue;
+		}
+		if (conn == NULL)
+		{
+			sb_slot_set_state(slot, SB_STATE_CONNECTING);
+			PG_TRY();
+			{
+				char	   *name = psprintf("signalbus worker (database %s)",
+											slot->dbname);
+
+				conn = sb_amqp_connect(signalbus_amqp_url, name);
+				if (conn_url)
+					pfree(conn_url);
+				conn_url = MemoryContextStrdup(TopMemoryContext, signalbus_amqp_url);
+			}
+			PG_CATCH();
+			{
+				int			code;
+				char	   *message = caught_error(&code);
+
+				conn = NULL;
+				broker_failed(message);
+			}
+			PG_END_TRY();
+			if (conn == NULL)
+				continue;
+			if (!ever_connected || logged_broker_error[0] != '\0')
+			{
+				char	   *display = sb_amqp_display_url(signalbus_amqp_url);
+
+				ereport(LOG,
+						(errmsg("signalbus worker for database \"%s\" connected to %s",
+								slot->dbname, display)));
+				logged_broker_error[0] = '\0';
+			}
+			ever_connected = true;
+			backoff_attempts = 0;
+			backoff_until = 0;
+		}
+
+		sb_slot_set_state(slot, SB_STATE_SENDING);
+		if (!send_queued(buf))
+			continue;
+
+		(void) sb_slot_take_sweep(slot, &sweep_all, relids, &nrelids);
+		if (sweep_due)
+		{
+			/* the next sweep is due one interval after this one started */
+			next_sweep = TimestampTzPlusMilliseconds(now, signalbus_flush_interval);
+			sweep_everything = false;
+			if (!sweep(true, NULL, 0))
+				continue;
+		}
+		else if ((sweep_all || nrelids > 0) && !sweep(sweep_all, relids, nrelids))
+			continue;
+
+		sb_slot_set_state(slot, SB_STATE_IDLE);
+	}
+}
