@@ -251,10 +251,16 @@ sb_amqp_connect(const char *url, const char *connection_name)
 	tv.tv_usec = 0;
 	amqp_set_handshake_timeout(c->conn, &tv);
 	amqp_set_rpc_timeout(c->conn, &tv);
+	errno = 0;
 	status = amqp_socket_open_noblock(sock, info.host, info.port, &tv);
 	if (status != AMQP_STATUS_OK)
 	{
-		set_error(c, "%s", amqp_error_string2(status));
+		int			save_errno = errno;
+
+		if (status == AMQP_STATUS_SOCKET_ERROR && save_errno != 0)
+			set_error(c, "%s", strerror(save_errno));
+		else
+			set_error(c, "%s", amqp_error_string2(status));
 		goto fail;
 	}
 	fd = amqp_get_sockfd(c->conn);

@@ -1,0 +1,331 @@
+=pod
+
+=head1 NAME
+
+SignalBusTest - helpers for signalbus TAP tests (broker side)
+
+=head1 SYNOPSIS
+
+  use strict; use warnings;
+  use FindBin; use lib $FindBin::RealBin;   # or: use lib 't';
+  use PostgreSQL::Test::Utils;
+  use Test::More;
+  use SignalBusTest;
+
+  my $node = new_node('main');            # signalbus preloaded, not started
+  $node->start;
+  declare_queue('t.q');                   # default exchange: key 't.q' -> queue 't.q'
+  $node->safe_psql('postgres', q{
+      CREATE EXTENSION signalbus;
+      CREATE TABLE s (id bigserial PRIMARY KEY, v text);
+      SELECT signalbus_register('s', routing_key => 't.q');
+      INSERT INTO s (v) VALUES ('x');
+  });
+  my $msgs = get_messages('t.q', count => 1);
+  is(scalar @$msgs, 1, 'one message');
+  is(body_json($msgs->[0])->{v}, 'x', 'row as JSON');
+  done_testing();
+
+=head1 ENVIRONMENT
+
+Set by scripts/test.sh; the module dies at load time if one is missing:
+SB_AMQP_PORT (AMQP port of the private RabbitMQ node), SB_RUN_DIR (the
+harness's run directory), SB_AMQP_DUMP (path of the amqp-dump tool built from
+t/amqp_dump.c).  Optional: SB_RABBITMQCTL (default: scripts/rabbitmqctl.sh
+next to this file's directory).
+
+=head1 FUNCTIONS
+
+All exported by default.
+
+=over
+
+=cut
+
+package SignalBusTest;
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use IO::Socket::IP;
+use IPC::Run;
+use JSON::PP;
+use Time::HiRes qw(sleep time);
+use Test::More;
+use PostgreSQL::Test::Cluster;
+
+use Exporter 'import';
+our @EXPORT = qw(amqp_url new_node declare_queue declare_exchange get_messages
+  body_json queue_length broker_ctl broker_stop broker_start wait_for_sql);
+
+BEGIN
+{
+	my @missing = grep { !defined $ENV{$_} || $ENV{$_} eq '' }
+	  qw(SB_AMQP_PORT SB_RUN_DIR SB_AMQP_DUMP);
+	die "SignalBusTest: environment variable(s) @missing not set; "
+	  . "run the tests with: bash scripts/test.sh\n"
+	  if @missing;
+	die "SignalBusTest: SB_AMQP_DUMP=$ENV{SB_AMQP_DUMP} is not executable; "
+	  . "build it with: bash scripts/build.sh tools\n"
+	  unless -x $ENV{SB_AMQP_DUMP};
+}
+
+my $RABBITMQCTL = $ENV{SB_RABBITMQCTL}
+  // dirname(dirname(abs_path(__FILE__))) . '/scripts/rabbitmqctl.sh';
+
+# run(@cmd) -> (exit code, stdout, stderr)
+sub _run
+{
+	my @cmd = @_;
+	my ($out, $err) = ('', '');
+	IPC::Run::run(\@cmd, '<', \undef, '>', \$out, '2>', \$err);
+	return ($? >> 8, $out, $err);
+}
+
+sub _dump
+{
+	my ($rc, $out, $err) = _run($ENV{SB_AMQP_DUMP}, '--url', amqp_url(), @_);
+	return ($rc, $out, $err);
+}
+
+=item amqp_url()
+
+C<amqp://guest:guest@localhost:$SB_AMQP_PORT/%2f>, the private broker.
+
+=cut
+
+sub amqp_url
+{
+	return "amqp://guest:guest\@localhost:$ENV{SB_AMQP_PORT}/%2f";
+}
+
+=item new_node($name, %opts)
+
+A new PostgreSQL::Test::Cluster, init'ed (not started) with
+C<shared_preload_libraries = 'signalbus'>, C<signalbus.amqp_url = amqp_url()>,
+C<signalbus.databases>, C<signalbus.flush_interval> and
+C<max_prepared_transactions = 10>.  Options:
+C<databases> (default 'postgres'), C<flush_interval> (default '1s'),
+C<amqp_url> (e.g. a dead port to simulate a missing broker),
+C<init> (hashref passed to C<< $node->init >>),
+C<conf> (string or arrayref of extra postgresql.conf lines);
+any other key is a setting: C<< 'signalbus.max_attempts' => 2 >>.
+
+=cut
+
+sub new_node
+{
+	my ($name, %opts) = @_;
+	my %known = map { $_ => delete $opts{$_} }
+	  qw(databases flush_interval amqp_url init conf);
+	my %set = (
+		shared_preload_libraries => 'signalbus',
+		'signalbus.amqp_url' => $known{amqp_url} // amqp_url(),
+		'signalbus.databases' => $known{databases} // 'postgres',
+		'signalbus.flush_interval' => $known{flush_interval} // '1s',
+		max_prepared_transactions => 10,
+		%opts);
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(%{ $known{init} // {} });
+	my @lines = map {
+		(my $v = $set{$_}) =~ s/'/''/g;
+		"$_ = '$v'"
+	} sort keys %set;
+	my $conf = $known{conf} // [];
+	push @lines, ref $conf ? @$conf : $conf;
+	$node->append_conf('postgresql.conf', join("\n", @lines));
+	return $node;
+}
+
+=item declare_queue($queue, @bindings [, \%opts])
+
+Declares C<$queue> on the private broker, purges it, and binds it:
+each binding is C<[$exchange, $routing_key]>.  Messages published to the
+default exchange '' with routing key C<$queue> need no binding.  The queue is
+B<durable> unless C<< { durable => 0 } >> is passed last: RabbitMQ deletes
+non-durable queues on broker_stop() (stop_app), so a message the worker sends
+right after broker_start() would be dropped as unroutable.  Redeclaring a
+queue with the other durability fails (RabbitMQ's rule).  Dies on error.
+
+=cut
+
+sub declare_queue
+{
+	my ($queue, @bindings) = @_;
+	my $opts = (@bindings && ref $bindings[-1] eq 'HASH') ? pop @bindings : {};
+	my @args = ('--declare', $queue, '--purge');
+	push @args, '--durable' if $opts->{durable} // 1;
+	push @args, map { ('--bind', "$_->[0]:$_->[1]") } @bindings;
+	my ($rc, $out, $err) = _dump(@args);
+	die "declare_queue($queue): $err" if $rc;
+	return;
+}
+
+=item declare_exchange($name, $type = 'direct')
+
+Declares a non-durable exchange (then bind queues to it with declare_queue).
+
+=cut
+
+sub declare_exchange
+{
+	my ($name, $type) = @_;
+	my ($rc, $out, $err) = _dump('--exchange', "$name:" . ($type // 'direct'));
+	die "declare_exchange($name): $err" if $rc;
+	return;
+}
+
+=item get_messages($queue, count => N, timeout => S)
+
+Takes (auto-ack) messages from C<$queue> and returns an arrayref of hashrefs:
+C<< { exchange, routing_key, redelivered, body, [body_hex,] properties => {
+content_type, delivery_mode, headers => {...}, ... only those set } } >>
+(see t/amqp_dump.c).  With C<count>, waits up to C<timeout> seconds (default
+30) until N messages were read, and returns whatever arrived (check the
+count); without C<count>, returns what the queue holds now (C<timeout>: wait
+up to S seconds for at least one).  C<body> is a Perl character string.
+
+=cut
+
+sub get_messages
+{
+	my ($queue, %o) = @_;
+	my $count = $o{count} // 0;
+	my $timeout = $o{timeout} // ($count ? 30 : 0);
+	my ($rc, $out, $err) = _dump('--queue', $queue, '--count', $count,
+		'--wait', $timeout);
+	die "get_messages($queue): $err" if $rc != 0 && $rc != 2;
+	my $json = JSON::PP->new->utf8;
+	return [ map { $json->decode($_) } grep { length } split /\n/, $out ];
+}
+
+=item body_json($message)
+
+The message body decoded as JSON (dies if it is not JSON).
+
+=cut
+
+sub body_json
+{
+	my ($msg) = @_;
+	return JSON::PP->new->allow_nonref->decode($msg->{body});
+}
+
+=item queue_length($queue)
+
+Number of ready messages in C<$queue> (passive declare), undef if the queue
+does not exist.
+
+=cut
+
+sub queue_length
+{
+	my ($queue) = @_;
+	my ($rc, $out, $err) = _dump('--length', $queue);
+	return undef if $rc && $err =~ /404/;
+	die "queue_length($queue): $err" if $rc;
+	chomp $out;
+	return $out + 0;
+}
+
+=item broker_ctl(@args)
+
+Runs C<rabbitmqctl -n NODE @args> against the private node (through
+scripts/rabbitmqctl.sh, which handles the Erlang cookie); returns its stdout,
+dies with its stderr on failure.  Each call takes about 0.5 s.
+
+=cut
+
+sub broker_ctl
+{
+	my ($rc, $out, $err) = _run('bash', $RABBITMQCTL, @_);
+	die "broker_ctl(@_) failed (exit $rc): $err$out" if $rc;
+	return $out;
+}
+
+=item broker_stop()
+
+Stops the RabbitMQ application on the private node (C<stop_app>): clients
+are disconnected and connections refused; the Erlang node stays up.
+Non-durable queues are lost.  If the test script ends without
+broker_start(), the broker is started again at exit (for the next script).
+
+=cut
+
+my $broker_stopped = 0;
+my $loader_pid = $$;
+
+sub broker_stop
+{
+	$broker_stopped = 1;
+	broker_ctl('-q', 'stop_app');
+	return;
+}
+
+END
+{
+	if ($broker_stopped && $$ == $loader_pid)
+	{
+		local $?;
+		eval { broker_ctl('-q', 'start_app') };
+	}
+}
+
+=item broker_start($timeout = 60)
+
+C<start_app>, then waits until the AMQP port accepts connections.
+
+=cut
+
+sub broker_start
+{
+	my ($timeout) = @_;
+	my $deadline = time + ($timeout // 60);
+	broker_ctl('-q', 'start_app');
+	$broker_stopped = 0;
+	while (1)
+	{
+		my $s = IO::Socket::IP->new(
+			PeerHost => 'localhost',
+			PeerPort => $ENV{SB_AMQP_PORT},
+			Timeout => 2);
+		if ($s) { close $s; return; }
+		die "broker_start: port $ENV{SB_AMQP_PORT} still refuses connections"
+		  if time > $deadline;
+		sleep 0.1;
+	}
+}
+
+=item wait_for_sql($node, $query, $expected = 't', $timeout = 30, $dbname = 'postgres')
+
+Runs C<$query> every 0.1 s until its output (psql -At) equals C<$expected>;
+true on success, false (with a diag of the last output) after C<$timeout>
+seconds.  Use as C<< ok(wait_for_sql($node, 'SELECT count(*) FROM s', '0'), '...') >>.
+
+=cut
+
+sub wait_for_sql
+{
+	my ($node, $query, $expected, $timeout, $dbname) = @_;
+	$expected //= 't';
+	$dbname //= 'postgres';
+	my $deadline = time + ($timeout // 30);
+	my ($out, $err) = ('', '');
+	while (1)
+	{
+		$node->psql($dbname, $query, stdout => \$out, stderr => \$err);
+		return 1 if $out eq $expected && $err eq '';
+		last if time > $deadline;
+		sleep 0.1;
+	}
+	diag "wait_for_sql timed out: $query\nexpected: $expected\ngot: $out\nstderr: $err";
+	return 0;
+}
+
+=back
+
+=cut
+
+1;
