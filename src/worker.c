@@ -472,6 +472,14 @@ signalbus_worker_main(Datum arg)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname("signalbus worker");
 
+	/*
+	 * The worker's commits only delete rows the broker already confirmed:
+	 * losing one in a crash means sending that message again, which
+	 * at-least-once delivery allows, so they need not wait for the WAL flush
+	 * that the committing backends are waiting for too.
+	 */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
 	before_shmem_exit(worker_detach, (Datum) 0);
 	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
 	slot->pid = MyProcPid;
