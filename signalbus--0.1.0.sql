@@ -76,6 +76,21 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION signalbus_flush(regclass)
 IS 'send the pending signals of one table (NULL: all) from this session; returns how many the broker confirmed';
 
+CREATE FUNCTION signalbus_flushordered(signal regclass DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'signalbus_flushordered'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION signalbus_flushordered(regclass)
+IS 'send the pending signals in order_by order, waiting for locked rows; returns how many the broker confirmed';
+
+CREATE PROCEDURE signalbus_flushmany(signal regclass DEFAULT NULL)
+AS 'MODULE_PATHNAME', 'signalbus_flushmany'
+LANGUAGE C;
+
+COMMENT ON PROCEDURE signalbus_flushmany(regclass)
+IS 'send a huge backlog, committing after every burst';
+
 CREATE FUNCTION signalbus_worker_status(
     OUT database      name,
     OUT pid           integer,

@@ -22,10 +22,12 @@
  */
 #include "signalbus.h"
 
+#include "access/genam.h"
 #include "access/relation.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "catalog/index.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -35,7 +37,23 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/fmgrprotos.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "nodes/parsenodes.h"
+
+/* first key of the advisory lock that serializes ordered senders */
+#define SB_ORDERED_LOCK_KEY	0x53424C4B
+
+/* how often signalbus_flushmany() reports progress */
+#define SB_PROGRESS_INTERVAL_MS 10000
+
+typedef enum SbFlushMode
+{
+	SB_FLUSH,					/* any order, skip locked rows */
+	SB_FLUSH_ORDERED,			/* order_by order, wait for locked rows */
+	SB_FLUSH_MANY				/* commit after every burst */
+} SbFlushMode;
 
 /*
  * tid_array: a tid[] Datum of n tids.
@@ -117,7 +135,13 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 		args[0] = PointerGetDatum(&result->last_tid);
 	}
 	if (ordered)
+	{
+		/* one ordered sender per table at a time: they serialize here */
+		DirectFunctionCall2(pg_advisory_xact_lock_int4,
+							Int32GetDatum(SB_ORDERED_LOCK_KEY),
+							Int32GetDatum((int32) sig->relid));
 		appendStringInfo(&sql, " ORDER BY %s", sig->order_by);
+	}
 	appendStringInfo(&sql, " LIMIT $2 FOR UPDATE OF sb%s",
 					 ordered ? "" : " SKIP LOCKED");
 	argtypes[1] = INT4OID;
@@ -221,21 +245,16 @@ may_flush(Oid relid)
 }
 
 /*
- * signalbus_flush: send the pending signals of one table (NULL: of every
- * table the caller may flush) from this backend, with a connection of its
- * own.  Returns how many were confirmed and deleted.
+ * signals_to_flush: the signal table named by the function's argument
+ * (checking the caller's privileges), or, for NULL, every signal table the
+ * caller may flush.
  */
-PG_FUNCTION_INFO_V1(signalbus_flush);
-Datum
-signalbus_flush(PG_FUNCTION_ARGS)
+static List *
+signals_to_flush(FunctionCallInfo fcinfo)
 {
 	List	   *signals;
 	List	   *mine = NIL;
 	ListCell   *lc;
-	int64		total = 0;
-	SbAmqp	   *volatile conn = NULL;
-	MemoryContext burstcxt;
-	char	   *name;
 
 	if (!PG_ARGISNULL(0))
 	{
@@ -256,49 +275,144 @@ signalbus_flush(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("table \"%s\" is not a signal table", relname),
 					 errhint("Register it with signalbus_register().")));
-		mine = signals;
+		return signals;
 	}
-	else
+	signals = sb_load_signals(InvalidOid);
+	foreach(lc, signals)
 	{
-		signals = sb_load_signals(InvalidOid);
-		foreach(lc, signals)
-		{
-			SbSignal   *sig = lfirst(lc);
+		SbSignal   *sig = lfirst(lc);
 
-			if (may_flush(sig->relid))
-				mine = lappend(mine, sig);
-		}
+		if (may_flush(sig->relid))
+			mine = lappend(mine, sig);
 	}
-	if (mine == NIL)
-		PG_RETURN_INT64(0);
+	return mine;
+}
 
-	name = psprintf("signalbus flush (pid %d)", MyProcPid);
-	burstcxt = AllocSetContextCreate(CurrentMemoryContext, "signalbus flush",
+/*
+ * primary_key_order: the table's primary key columns, as an order_by list,
+ * for flushing in order a table registered without order_by.
+ */
+static char *
+primary_key_order(Oid relid)
+{
+	Relation	rel = relation_open(relid, AccessShareLock);
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	StringInfoData out;
+
+	initStringInfo(&out);
+	if (OidIsValid(pkoid))
+	{
+		Relation	idx = index_open(pkoid, AccessShareLock);
+		int			i;
+
+		for (i = 0; i < idx->rd_index->indnkeyatts; i++)
+		{
+			AttrNumber	attnum = idx->rd_index->indkey.values[i];
+
+			appendStringInfo(&out, "%s%s", i > 0 ? ", " : "",
+							 quote_identifier(get_attname(relid, attnum, false)));
+		}
+		index_close(idx, AccessShareLock);
+	}
+	relation_close(rel, AccessShareLock);
+	return out.len > 0 ? out.data : pstrdup("ctid");
+}
+
+static int64
+count_rows(const SbSignal *sig)
+{
+	char	   *sql = psprintf("SELECT pg_catalog.count(*) FROM ONLY %s",
+							   quote_qualified_identifier(sig->nspname, sig->relname));
+	int64		n = 0;
+	bool		isnull;
+
+	if (SPI_execute(sql, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+		n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										SPI_tuptable->tupdesc, 1, &isnull));
+	return n;
+}
+
+static void
+report_progress(const char *relname, int64 sent, int64 left, TimestampTz started,
+				bool done)
+{
+	long		ms = TimestampDifferenceMilliseconds(started, GetCurrentTimestamp());
+	double		rate = ms > 0 ? (double) sent * 1000.0 / ms : 0.0;
+
+	if (done)
+		ereport(NOTICE,
+				(errmsg("signalbus_flushmany: table \"%s\": %lld sent in %.1f s (%.0f/s)",
+						relname, (long long) sent, ms / 1000.0, rate)));
+	else
+		ereport(NOTICE,
+				(errmsg("signalbus_flushmany: table \"%s\": %lld sent (%.0f/s), about %lld left",
+						relname, (long long) sent, rate, (long long) Max(left, 0))));
+}
+
+/*
+ * flush_signals: the loop behind signalbus_flush(), signalbus_flushordered()
+ * and signalbus_flushmany().
+ */
+static int64
+flush_signals(List *signals, SbFlushMode mode)
+{
+	int64		total = 0;
+	SbAmqp	   *volatile conn = NULL;
+	MemoryContext callcxt = CurrentMemoryContext;
+	MemoryContext burstcxt;
+	ListCell   *lc;
+
+	if (signals == NIL)
+		return 0;
+
+	burstcxt = AllocSetContextCreate(callcxt, "signalbus flush",
 									 ALLOCSET_DEFAULT_SIZES);
-	conn = sb_amqp_connect(signalbus_amqp_url, name);
+	conn = sb_amqp_connect(signalbus_amqp_url,
+						   psprintf("signalbus flush (pid %d)", MyProcPid));
 	PG_TRY();
 	{
-		foreach(lc, mine)
+		foreach(lc, signals)
 		{
 			SbSignal   *sig = lfirst(lc);
 			ItemPointerData after;
 			SbBurst		res;
+			int64		sent = 0;
+			int64		left = 0;
+			TimestampTz started = GetCurrentTimestamp();
+			TimestampTz last_report = started;
+
+			if (mode == SB_FLUSH_ORDERED && sig->order_by == NULL)
+				sig->order_by = primary_key_order(sig->relid);
+			if (mode == SB_FLUSH_MANY)
+				left = count_rows(sig);
 
 			ItemPointerSet(&after, 0, 0);
 			for (;;)
 			{
 				MemoryContext old = MemoryContextSwitchTo(burstcxt);
 
-				sb_flush_burst(conn, sig, NULL, 0, &after, true, &res);
+				sb_flush_burst(conn, sig, NULL, 0, &after, mode != SB_FLUSH_MANY,
+							   &res);
 				MemoryContextSwitchTo(old);
 				MemoryContextReset(burstcxt);
-				total += res.sent;
+				sent += res.sent;
+				left -= res.sent;
 				if (res.broker_failed)
 					ereport(ERROR,
 							(errcode(ERRCODE_CONNECTION_FAILURE),
 							 errmsg("connection to AMQP broker lost during flush: %s",
 									sb_amqp_last_error(conn)),
 							 errdetail("Rows whose messages were not confirmed were kept.")));
+				if (mode == SB_FLUSH_MANY)
+				{
+					SPI_commit();
+					if (TimestampDifferenceExceeds(last_report, GetCurrentTimestamp(),
+												   SB_PROGRESS_INTERVAL_MS))
+					{
+						report_progress(sig->relname, sent, left, started, false);
+						last_report = GetCurrentTimestamp();
+					}
+				}
 				after = res.last_tid;
 				if (res.fetched < sig->burst_count)
 					break;
@@ -306,6 +420,9 @@ signalbus_flush(PG_FUNCTION_ARGS)
 					break;
 				CHECK_FOR_INTERRUPTS();
 			}
+			if (mode == SB_FLUSH_MANY)
+				report_progress(sig->relname, sent, 0, started, true);
+			total += sent;
 		}
 	}
 	PG_FINALLY();
@@ -315,5 +432,53 @@ signalbus_flush(PG_FUNCTION_ARGS)
 	PG_END_TRY();
 
 	MemoryContextDelete(burstcxt);
-	PG_RETURN_INT64(total);
+	return total;
+}
+
+/*
+ * signalbus_flush: send the pending signals of one table (NULL: of every
+ * table the caller may flush) from this backend, with a connection of its
+ * own.  Returns how many were confirmed and deleted.
+ */
+PG_FUNCTION_INFO_V1(signalbus_flush);
+Datum
+signalbus_flush(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(flush_signals(signals_to_flush(fcinfo), SB_FLUSH));
+}
+
+/*
+ * signalbus_flushordered: the same, in order_by order (the primary key's
+ * for a table registered without one), waiting for locked rows.
+ */
+PG_FUNCTION_INFO_V1(signalbus_flushordered);
+Datum
+signalbus_flushordered(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(flush_signals(signals_to_flush(fcinfo), SB_FLUSH_ORDERED));
+}
+
+/*
+ * signalbus_flushmany: a procedure for huge backlogs, committing after every
+ * burst so that memory and locks stay bounded.
+ */
+PG_FUNCTION_INFO_V1(signalbus_flushmany);
+Datum
+signalbus_flushmany(PG_FUNCTION_ARGS)
+{
+	List	   *signals;
+
+	if (fcinfo->context == NULL || !IsA(fcinfo->context, CallContext) ||
+		castNode(CallContext, fcinfo->context)->atomic)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_TERMINATION),
+				 errmsg("signalbus_flushmany() cannot run inside a transaction block"),
+				 errhint("Run CALL signalbus_flushmany() on its own: it commits after every burst.")));
+
+	if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	signals = signals_to_flush(fcinfo);
+	(void) flush_signals(signals, SB_FLUSH_MANY);
+	SPI_finish();
+	PG_RETURN_VOID();
 }
