@@ -11,7 +11,8 @@ OBJS = \
 	src/register.o \
 	src/flush.o \
 	src/message.o \
-	src/amqp.o
+	src/amqp.o \
+	src/retry.o
 PGFILEDESC = "signalbus - transactional outbox publishing to AMQP"
 
 EXTENSION = signalbus

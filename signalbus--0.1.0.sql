@@ -37,6 +37,12 @@ CREATE TABLE signalbus_dead_letters (
 SELECT pg_catalog.pg_extension_config_dump('signalbus_dead_letters', '');
 SELECT pg_catalog.pg_extension_config_dump('signalbus_dead_letters_id_seq', '');
 REVOKE ALL ON signalbus_dead_letters FROM PUBLIC;
+-- a dead letter holds a signal table's row: whoever may read that table may
+-- see it, requeue it or delete it
+ALTER TABLE signalbus_dead_letters ENABLE ROW LEVEL SECURITY;
+CREATE POLICY signalbus_dead_letters_readers ON signalbus_dead_letters
+    USING (pg_catalog.has_table_privilege(signal, 'SELECT'));
+GRANT SELECT, DELETE ON signalbus_dead_letters TO PUBLIC;
 
 --
 -- Functions
@@ -108,6 +114,74 @@ RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'signalbus_worker_status'
 LANGUAGE C VOLATILE;
 
+CREATE FUNCTION signalbus_requeue(id bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d    record;
+    cols text;
+    n    bigint := 0;
+BEGIN
+    FOR d IN SELECT dl.id, dl.signal, dl."row"
+             FROM @extschema@.signalbus_dead_letters dl
+             WHERE dl.id = signalbus_requeue.id
+             FOR UPDATE
+    LOOP
+        SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+          INTO cols
+          FROM pg_catalog.pg_attribute a
+         WHERE a.attrelid = d.signal AND a.attnum > 0 AND NOT a.attisdropped
+           AND a.attgenerated = '';
+        EXECUTE pg_catalog.format(
+            'INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1)',
+            d.signal, cols, cols, d.signal)
+          USING d."row";
+        DELETE FROM @extschema@.signalbus_dead_letters dl WHERE dl.id = d.id;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION signalbus_requeue(bigint)
+IS 'put a dead-lettered row back into its signal table; returns how many rows were requeued';
+
+CREATE FUNCTION signalbus_requeue(signal regclass)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d record;
+    n bigint := 0;
+BEGIN
+    FOR d IN SELECT dl.id FROM @extschema@.signalbus_dead_letters dl
+             WHERE dl.signal = signalbus_requeue.signal ORDER BY dl.id
+    LOOP
+        n := n + @extschema@.signalbus_requeue(d.id);
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION signalbus_requeue(regclass)
+IS 'put every dead-lettered row of a signal table back into it; returns how many';
+
+-- The two overloads above make signalbus_requeue(5) and
+-- signalbus_requeue('my_signal') ambiguous; these resolve them.
+CREATE FUNCTION signalbus_requeue(id integer)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT @extschema@.signalbus_requeue(id::bigint) $$;
+
+CREATE FUNCTION signalbus_requeue(signal text)
+RETURNS bigint
+LANGUAGE sql
+AS $$ SELECT @extschema@.signalbus_requeue(signal::pg_catalog.regclass) $$;
+
 CREATE FUNCTION signalbus_pending_counts(OUT signal regclass, OUT pending bigint)
 RETURNS SETOF record
 LANGUAGE plpgsql STABLE
@@ -167,6 +241,11 @@ BEGIN
                  WHERE d.classid = ''pg_catalog.pg_class''::pg_catalog.regclass
                    AND d.objsubid = 0
                    AND d.objid = r.signal::pg_catalog.oid';
+        EXECUTE 'DELETE FROM @extschema@.signalbus_dead_letters l
+                 USING pg_catalog.pg_event_trigger_dropped_objects() d
+                 WHERE d.classid = ''pg_catalog.pg_class''::pg_catalog.regclass
+                   AND d.objsubid = 0
+                   AND d.objid = l.signal::pg_catalog.oid';
     END IF;
 END
 $$;

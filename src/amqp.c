@@ -832,48 +832,33 @@ drain_ready(SbAmqp *c, BurstState *bs, TimestampTz deadline)
 }
 
 /*
- * sb_amqp_publish_burst: publish msgs and wait for the broker's verdict on
- * each.  outcomes[i] says what became of msgs[i]; messages with an error
- * are not published (SB_INVALID).  Never raises an error for the broker's
- * sake: a failure makes the connection unusable (see sb_amqp_last_error)
- * and leaves the unconfirmed messages SB_UNKNOWN.
+ * publish_some: publish msgs[idx[0..n)] and read the broker's frames until
+ * each has an outcome, the deadline passes, or the channel or connection
+ * closes.
  */
-void
-sb_amqp_publish_burst(SbAmqp *c, SbMessage *msgs, int nmsgs, bool mandatory,
-					  int timeout_ms, SbOutcome *outcomes)
+static void
+publish_some(SbAmqp *c, SbMessage *msgs, const int *idx, int n, bool mandatory,
+			 int timeout_ms, SbOutcome *outcomes)
 {
 	BurstState	bs;
 	TimestampTz deadline;
-	int			i;
+	int			j;
 
 	memset(&bs, 0, sizeof(bs));
 	bs.msgs = msgs;
 	bs.outcomes = outcomes;
-	bs.by_tag = palloc(sizeof(int) * Max(nmsgs, 1));
-
-	for (i = 0; i < nmsgs; i++)
-		outcomes[i] = msgs[i].error ? SB_INVALID : SB_UNKNOWN;
-
-	if (!c->usable)
-		return;
-	if (!c->channel_open && !open_channel(c))
-	{
-		c->usable = false;
-		return;
-	}
-
+	bs.by_tag = palloc(sizeof(int) * Max(n, 1));
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 	bs.first_tag = c->next_tag;
 
-	for (i = 0; i < nmsgs; i++)
+	for (j = 0; j < n; j++)
 	{
+		int			i = idx[j];
 		SbMessage  *m = &msgs[i];
 		amqp_basic_properties_t props;
 		amqp_bytes_t body;
 		int			status;
 
-		if (m->error)
-			continue;
 		fill_properties(m, &props);
 		body.bytes = (void *) m->body;
 		body.len = m->body_len;
@@ -919,9 +904,78 @@ sb_amqp_publish_burst(SbAmqp *c, SbMessage *msgs, int nmsgs, bool mandatory,
 			break;
 	}
 
-	for (i = 0; i < nmsgs; i++)
+	for (j = 0; j < bs.npublished; j++)
+	{
+		int			i = bs.by_tag[j];
+
 		if (outcomes[i] == SB_PENDING)
 			outcomes[i] = SB_UNKNOWN;
+	}
 	pfree(bs.by_tag);
+}
+
+/*
+ * sb_amqp_publish_burst: publish msgs and wait for the broker's verdict on
+ * each.  outcomes[i] says what became of msgs[i]; messages with an error
+ * are not published (SB_INVALID).  Never raises an error for the broker's
+ * sake: a failure makes the connection unusable (see sb_amqp_last_error)
+ * and leaves the unconfirmed messages SB_UNKNOWN.
+ *
+ * When the broker closes the channel over one message (an exchange that
+ * does not exist, a user_id that is not the connection's user, a malformed
+ * expiration), the messages left without a verdict are published again one
+ * at a time on a new channel: the one that closes it again is SB_REFUSED,
+ * the others go through.  One bad row never holds back its burst.
+ */
+void
+sb_amqp_publish_burst(SbAmqp *c, SbMessage *msgs, int nmsgs, bool mandatory,
+					  int timeout_ms, SbOutcome *outcomes)
+{
+	int		   *idx = palloc(sizeof(int) * Max(nmsgs, 1));
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < nmsgs; i++)
+	{
+		outcomes[i] = msgs[i].error ? SB_INVALID : SB_UNKNOWN;
+		if (!msgs[i].error)
+			idx[n++] = i;
+	}
+	if (!c->usable || n == 0)
+		return;
+	if (!c->channel_open && !open_channel(c))
+	{
+		c->usable = false;
+		return;
+	}
+
+	publish_some(c, msgs, idx, n, mandatory, timeout_ms, outcomes);
+
+	if (c->usable && !c->channel_open)
+	{
+		char	   *reason = pstrdup(c->error);
+
+		for (i = 0; i < nmsgs && c->usable; i++)
+		{
+			if (outcomes[i] != SB_UNKNOWN || msgs[i].error)
+				continue;
+			if (!c->channel_open && !open_channel(c))
+			{
+				c->usable = false;
+				break;
+			}
+			publish_some(c, msgs, &i, 1, mandatory, timeout_ms, outcomes);
+			if (outcomes[i] == SB_UNKNOWN && c->usable && !c->channel_open)
+			{
+				outcomes[i] = SB_REFUSED;
+				msgs[i].error = pstrdup(c->error);
+			}
+		}
+		strlcpy(c->error, reason, sizeof(c->error));
+	}
+	for (i = 0; i < nmsgs; i++)
+		if (outcomes[i] == SB_NACKED && msgs[i].error == NULL)
+			msgs[i].error = "refused by the broker (basic.nack)";
+	pfree(idx);
 	amqp_maybe_release_buffers(c->conn);
 }

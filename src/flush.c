@@ -72,6 +72,59 @@ tid_array(const ItemPointerData *tids, int n)
 }
 
 /*
+ * move_to_dead_letters: copy rows that failed signalbus.max_attempts times
+ * into signalbus_dead_letters (the caller deletes them in the same
+ * transaction).  The table is written as the extension's owner: the signal
+ * table's owner may not write it.
+ */
+static void
+move_to_dead_letters(const SbSignal *sig, const char *qualname, SbMessage *msgs,
+					 const int *dead, const int *attempts,
+					 const TimestampTz *first, int ndead)
+{
+	Oid			nspid;
+	Oid			extowner;
+	Oid			save_userid;
+	int			save_sec;
+	char	   *sql;
+	Oid			argtypes[5] = {OIDOID, TIDOID, TEXTOID, INT4OID, TIMESTAMPTZOID};
+	int			i;
+
+	if (!sb_extension_info(&nspid, &extowner))
+		elog(ERROR, "extension \"%s\" is not installed", SIGNALBUS_EXTNAME);
+	sql = psprintf("INSERT INTO %s.signalbus_dead_letters "
+				   "(signal, \"row\", error, attempts, first_failed_at, last_failed_at) "
+				   "SELECT $1::pg_catalog.oid::pg_catalog.regclass, pg_catalog.to_jsonb(sb.*), "
+				   "$3, $4, $5, pg_catalog.now() FROM ONLY %s AS sb "
+				   "WHERE sb.ctid OPERATOR(pg_catalog.=) $2",
+				   quote_identifier(get_namespace_name(nspid)), qualname);
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(extowner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	for (i = 0; i < ndead; i++)
+	{
+		SbMessage  *m = &msgs[dead[i]];
+		Datum		args[5];
+		int			ret;
+
+		args[0] = ObjectIdGetDatum(sig->relid);
+		args[1] = PointerGetDatum(&m->tid);
+		args[2] = CStringGetTextDatum(m->error ? m->error : "failed");
+		args[3] = Int32GetDatum(attempts[i]);
+		args[4] = TimestampTzGetDatum(first[i]);
+		ret = SPI_execute_with_args(sql, 5, argtypes, args, NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "signalbus: could not write signalbus_dead_letters: %s",
+				 SPI_result_code_string(ret));
+		ereport(LOG,
+				(errmsg("signalbus: row %s of table \"%s\" moved to signalbus_dead_letters after %d failed attempts: %s",
+						DatumGetCString(DirectFunctionCall1(tidout, PointerGetDatum(&m->tid))),
+						sig->relname, attempts[i], m->error ? m->error : "failed")));
+	}
+	SetUserIdAndSecContext(save_userid, save_sec);
+}
+
+/*
  * sb_flush_burst: send one burst of sig's pending rows.
  *
  * tids: send just these rows (the commit queue's fast path), or, when NULL,
@@ -84,7 +137,8 @@ tid_array(const ItemPointerData *tids, int n)
 void
 sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 			   const ItemPointerData *tids, int ntids,
-			   const ItemPointerData *after, bool skip_own, SbBurst *result)
+			   const ItemPointerData *after, bool skip_own, SbRetry *retry,
+			   SbBurst *result)
 {
 	Relation	rel;
 	StringInfoData sql;
@@ -101,6 +155,11 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 	ItemPointerData *acked;
 	int			nmsgs = 0;
 	int			nacked = 0;
+	int			ndead = 0;
+	int		   *dead;
+	int		   *dead_attempts;
+	TimestampTz *dead_first;
+	TimestampTz now = GetCurrentTimestamp();
 	uint64		i;
 	int			ret;
 	bool		ordered = (sig->order_by != NULL);
@@ -167,6 +226,9 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 	msgs = palloc(sizeof(SbMessage) * Max(SPI_processed, 1));
 	outcomes = palloc(sizeof(SbOutcome) * Max(SPI_processed, 1));
 	acked = palloc(sizeof(ItemPointerData) * Max(SPI_processed, 1));
+	dead = palloc(sizeof(int) * Max(SPI_processed, 1));
+	dead_attempts = palloc(sizeof(int) * Max(SPI_processed, 1));
+	dead_first = palloc(sizeof(TimestampTz) * Max(SPI_processed, 1));
 
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -186,6 +248,8 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 			if (TransactionIdIsCurrentTransactionId(xmin))
 				continue;
 		}
+		if (sb_retry_not_yet(retry, sig->relid, tid, now))
+			continue;			/* failed before: wait for its delay */
 		sb_build_message(&msgs[nmsgs++], sig, &layout, tup, desc);
 	}
 
@@ -199,16 +263,51 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 			{
 				case SB_ACKED:
 					acked[nacked++] = msgs[i].tid;
+					sb_retry_forget(retry, sig->relid, &msgs[i].tid);
 					break;
 				case SB_NACKED:
 				case SB_RETURNED:
 				case SB_INVALID:
+				case SB_REFUSED:
 					result->failed++;
+					if (result->error[0] == '\0')
+						snprintf(result->error, SB_ERROR_LEN,
+								 "table \"%s\", row %s: %s", sig->relname,
+								 DatumGetCString(DirectFunctionCall1(tidout,
+																	 PointerGetDatum(&msgs[i].tid))),
+								 msgs[i].error ? msgs[i].error : "failed");
+					if (retry)
+					{
+						TimestampTz first;
+						int			attempts = sb_retry_failed(retry, sig->relid,
+															   &msgs[i].tid, now,
+															   &first);
+
+						if (attempts >= signalbus_max_attempts)
+						{
+							dead[ndead] = i;
+							dead_attempts[ndead] = attempts;
+							dead_first[ndead] = first;
+							ndead++;
+						}
+					}
 					break;
 				default:
 					break;
 			}
 		}
+	}
+
+	if (ndead > 0)
+	{
+		move_to_dead_letters(sig, qualname, msgs, dead, dead_attempts, dead_first,
+							 ndead);
+		for (i = 0; i < ndead; i++)
+		{
+			acked[nacked++] = msgs[dead[i]].tid;
+			sb_retry_forget(retry, sig->relid, &msgs[dead[i]].tid);
+		}
+		result->dead = ndead;
 	}
 
 	if (nacked > 0)
@@ -223,7 +322,7 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 		if (ret != SPI_OK_DELETE)
 			elog(ERROR, "signalbus: could not delete from signal table %s: %s",
 				 qualname, SPI_result_code_string(ret));
-		result->sent = (int) SPI_processed;
+		result->sent = (int) SPI_processed - ndead;
 	}
 	result->broker_failed = !sb_amqp_usable(conn);
 
@@ -392,7 +491,7 @@ flush_signals(List *signals, SbFlushMode mode)
 				MemoryContext old = MemoryContextSwitchTo(burstcxt);
 
 				sb_flush_burst(conn, sig, NULL, 0, &after, mode != SB_FLUSH_MANY,
-							   &res);
+							   NULL, &res);
 				MemoryContextSwitchTo(old);
 				MemoryContextReset(burstcxt);
 				sent += res.sent;

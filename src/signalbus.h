@@ -235,6 +235,7 @@ typedef enum SbOutcome
 	SB_ACKED,					/* confirmed by the broker */
 	SB_NACKED,					/* refused by the broker */
 	SB_RETURNED,				/* returned unroutable (mandatory) */
+	SB_REFUSED,					/* the broker closed the channel over it */
 	SB_UNKNOWN,					/* connection lost or timed out */
 	SB_INVALID					/* never published: not a valid message */
 } SbOutcome;
@@ -256,11 +257,23 @@ extern bool sb_amqp_url_is_valid(const char *url, const char **detail);
  * flush.c: the flush engine
  * ---------------------------------------------------------------------
  */
+/* retry.c: rows that failed on their own, in the worker */
+typedef struct SbRetry SbRetry;
+
+extern SbRetry *sb_retry_create(void);
+extern bool sb_retry_not_yet(SbRetry *r, Oid relid, const ItemPointerData *tid,
+							 TimestampTz now);
+extern int	sb_retry_failed(SbRetry *r, Oid relid, const ItemPointerData *tid,
+							TimestampTz now, TimestampTz *first_failed_at);
+extern void sb_retry_forget(SbRetry *r, Oid relid, const ItemPointerData *tid);
+
 typedef struct SbBurst
 {
 	int			fetched;		/* rows locked and read */
 	int			sent;			/* confirmed and deleted */
 	int			failed;			/* refused, returned or invalid */
+	int			dead;			/* moved to signalbus_dead_letters */
+	char		error[SB_ERROR_LEN];	/* the first failure's reason */
 	bool		broker_failed;	/* the connection is no longer usable */
 	ItemPointerData last_tid;	/* highest ctid read (scan mode) */
 } SbBurst;
@@ -268,6 +281,6 @@ typedef struct SbBurst
 extern void sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 						   const ItemPointerData *tids, int ntids,
 						   const ItemPointerData *after, bool skip_own,
-						   SbBurst *result);
+						   SbRetry *retry, SbBurst *result);
 
 #endif							/* SIGNALBUS_H */

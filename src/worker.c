@@ -44,6 +44,7 @@
 
 static SbSlot *slot = NULL;
 static SbAmqp *conn = NULL;
+static SbRetry *retry = NULL;
 static char *conn_url = NULL;	/* the URL conn was opened with */
 static MemoryContext catalog_cxt = NULL;	/* the list of signal tables */
 static MemoryContext loop_cxt = NULL;	/* reset every iteration */
@@ -300,7 +301,7 @@ run_burst(SbSignal *sig, const ItemPointerData *tids, int ntids,
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, "signalbus: sending");
 
-		sb_flush_burst(conn, sig, tids, ntids, after, false, res);
+		sb_flush_burst(conn, sig, tids, ntids, after, false, retry, res);
 
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -318,6 +319,8 @@ run_burst(SbSignal *sig, const ItemPointerData *tids, int ntids,
 			broker_succeeded();
 			table_succeeded(sig->relid);
 		}
+		if (res->error[0] != '\0')
+			sb_slot_set_error(slot, res->error);
 	}
 	PG_CATCH();
 	{
@@ -494,6 +497,7 @@ signalbus_worker_main(Datum arg)
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "signalbus loop",
 									 ALLOCSET_DEFAULT_SIZES);
 	buf = MemoryContextAlloc(TopMemoryContext, sizeof(SbQueueEntry) * SB_POP_BATCH);
+	retry = sb_retry_create();
 
 	for (;;)
 	{
