@@ -22,7 +22,7 @@ REGRESS = register views errors
 TAP_TESTS = 1
 
 PG_CPPFLAGS = -I$(srcdir)/src
-SHLIB_LINK = -lrabbitmq
+SHLIB_LINK = -lrabbitmq -lssl -lcrypto
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)

@@ -29,6 +29,8 @@
 #include <amqp_framing.h>
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -201,6 +203,59 @@ open_channel(SbAmqp *c)
 	return true;
 }
 
+static bool
+is_set(const char *s)
+{
+	return s != NULL && s[0] != '\0';
+}
+
+/*
+ * configure_tls: verification (on unless switched off), the CA file (else
+ * the system's CA store), and the client certificate.
+ */
+static bool
+configure_tls(SbAmqp *c, amqp_socket_t *sock)
+{
+	amqp_ssl_socket_set_verify_peer(sock, signalbus_tls_verify_peer);
+	amqp_ssl_socket_set_verify_hostname(sock, signalbus_tls_verify_hostname);
+	if (is_set(signalbus_tls_ca_file))
+	{
+		if (amqp_ssl_socket_set_cacert(sock, signalbus_tls_ca_file) != AMQP_STATUS_OK)
+		{
+			set_error(c, "could not load CA file \"%s\"", signalbus_tls_ca_file);
+			return false;
+		}
+	}
+	else
+	{
+		SSL_CTX    *ctx = amqp_ssl_socket_get_context(sock);
+
+		if (ctx == NULL || SSL_CTX_set_default_verify_paths(ctx) != 1)
+		{
+			set_error(c, "could not load the system's CA certificates");
+			return false;
+		}
+	}
+	if (is_set(signalbus_tls_cert_file) || is_set(signalbus_tls_key_file))
+	{
+		if (!is_set(signalbus_tls_cert_file) || !is_set(signalbus_tls_key_file))
+		{
+			set_error(c, "signalbus.tls_cert_file and signalbus.tls_key_file must be set together");
+			return false;
+		}
+		if (is_set(signalbus_tls_key_password))
+			amqp_ssl_socket_set_key_passwd(sock, signalbus_tls_key_password);
+		if (amqp_ssl_socket_set_key(sock, signalbus_tls_cert_file,
+									signalbus_tls_key_file) != AMQP_STATUS_OK)
+		{
+			set_error(c, "could not load client certificate \"%s\" or its key",
+					  signalbus_tls_cert_file);
+			return false;
+		}
+	}
+	return true;
+}
+
 /*
  * sb_amqp_connect: connect to the broker at url, open a confirm-mode
  * channel.  Raises 08001 on failure, with the password never shown.
@@ -241,11 +296,8 @@ sb_amqp_connect(const char *url, const char *connection_name)
 		set_error(c, "could not create socket");
 		goto fail;
 	}
-	if (info.ssl)
-	{
-		amqp_ssl_socket_set_verify_peer(sock, 1);
-		amqp_ssl_socket_set_verify_hostname(sock, 1);
-	}
+	if (info.ssl && !configure_tls(c, sock))
+		goto fail;
 
 	tv.tv_sec = SB_CONNECT_TIMEOUT_S;
 	tv.tv_usec = 0;
@@ -256,8 +308,17 @@ sb_amqp_connect(const char *url, const char *connection_name)
 	if (status != AMQP_STATUS_OK)
 	{
 		int			save_errno = errno;
+		unsigned long sslerr = info.ssl ? ERR_peek_last_error() : 0;
 
-		if (status == AMQP_STATUS_SOCKET_ERROR && save_errno != 0)
+		if (sslerr != 0)
+		{
+			char		buf[256];
+
+			ERR_error_string_n(sslerr, buf, sizeof(buf));
+			set_error(c, "%s: %s", amqp_error_string2(status), buf);
+			ERR_clear_error();
+		}
+		else if (status == AMQP_STATUS_SOCKET_ERROR && save_errno != 0)
 			set_error(c, "%s", strerror(save_errno));
 		else
 			set_error(c, "%s", amqp_error_string2(status));

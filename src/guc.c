@@ -17,6 +17,12 @@ int			signalbus_max_attempts = 5;
 int			signalbus_confirm_timeout = 30000;
 int			signalbus_queue_size = 65536;
 int			signalbus_max_backoff = 60000;
+char	   *signalbus_tls_ca_file = NULL;
+char	   *signalbus_tls_cert_file = NULL;
+char	   *signalbus_tls_key_file = NULL;
+char	   *signalbus_tls_key_password = NULL;
+bool		signalbus_tls_verify_peer = true;
+bool		signalbus_tls_verify_hostname = true;
 
 /*
  * check_amqp_url: refuse a URL that librabbitmq cannot parse, so that a typo
@@ -112,6 +118,60 @@ sb_guc_init(void)
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("signalbus.tls_ca_file",
+							   "File of CA certificates that the broker's certificate is checked against (amqps://).",
+							   "Empty: the system's default CA store.",
+							   &signalbus_tls_ca_file,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("signalbus.tls_cert_file",
+							   "Client certificate presented to the broker (amqps://).",
+							   NULL,
+							   &signalbus_tls_cert_file,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("signalbus.tls_key_file",
+							   "Private key of the client certificate (amqps://).",
+							   NULL,
+							   &signalbus_tls_key_file,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("signalbus.tls_key_password",
+							   "Passphrase of the client's private key.",
+							   NULL,
+							   &signalbus_tls_key_password,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("signalbus.tls_verify_peer",
+							 "Whether the broker's certificate must be signed by a trusted CA (amqps://).",
+							 NULL,
+							 &signalbus_tls_verify_peer,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("signalbus.tls_verify_hostname",
+							 "Whether the broker's certificate must name the host in signalbus.amqp_url (amqps://).",
+							 NULL,
+							 &signalbus_tls_verify_hostname,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("signalbus");
 }
