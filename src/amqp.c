@@ -44,6 +44,7 @@
 #define SB_MAX_HEADER_DEPTH		100
 #define SB_WAIT_SLICE_MS		1000
 #define SB_FRAME_MAX			131072
+#define SB_SEND_TIMEOUT_S		10
 
 struct SbAmqp
 {
@@ -327,9 +328,17 @@ sb_amqp_connect(const char *url, const char *connection_name)
 	fd = amqp_get_sockfd(c->conn);
 	if (fd >= 0)
 	{
+		struct timeval sndtimeo = {SB_SEND_TIMEOUT_S, 0};
+
 		/* small frames must not wait for Nagle and delayed ACKs */
 		(void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		(void) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+
+		/*
+		 * A broker under a resource alarm stops reading from publishers: a
+		 * write must not block this process (and SIGTERM) forever.
+		 */
+		(void) setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &sndtimeo, sizeof(sndtimeo));
 	}
 
 	entries[0].key = amqp_cstring_bytes("connection_name");
@@ -912,6 +921,10 @@ publish_some(SbAmqp *c, SbMessage *msgs, const int *idx, int n, bool mandatory,
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 	bs.first_tag = c->next_tag;
 
+	/* a connection.blocked may be waiting: read it before writing more */
+	if (!drain_ready(c, &bs, deadline))
+		n = 0;
+
 	for (j = 0; j < n; j++)
 	{
 		int			i = idx[j];
@@ -920,6 +933,13 @@ publish_some(SbAmqp *c, SbMessage *msgs, const int *idx, int n, bool mandatory,
 		amqp_bytes_t body;
 		int			status;
 
+		if (c->blocked)
+		{
+			/* resource alarm: publish nothing more on this connection */
+			set_error(c, "the broker blocked the connection (resource alarm)");
+			c->usable = false;
+			break;
+		}
 		fill_properties(m, &props);
 		body.bytes = (void *) m->body;
 		body.len = m->body_len;
