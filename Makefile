@@ -18,7 +18,7 @@ PGFILEDESC = "signalbus - transactional outbox publishing to AMQP"
 EXTENSION = signalbus
 DATA = signalbus--0.1.0.sql
 
-REGRESS = register views errors
+REGRESS = register views errors schema
 TAP_TESTS = 1
 
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -20,7 +20,11 @@
  */
 #include "signalbus.h"
 
+#include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <unistd.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -204,6 +208,61 @@ open_channel(SbAmqp *c)
 	return true;
 }
 
+/*
+ * connect_failure_reason: librabbitmq's non-blocking connect reports only
+ * "a socket error occurred"; try the connection once more, briefly, to say
+ * why (connection refused, no route to host, ...).  NULL if it cannot tell.
+ */
+static const char *
+connect_failure_reason(const char *host, int port)
+{
+	struct addrinfo hints;
+	struct addrinfo *res;
+	struct addrinfo *ai;
+	char		portstr[16];
+	int			reason = 0;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	snprintf(portstr, sizeof(portstr), "%d", port);
+	if (getaddrinfo(host, portstr, &hints, &res) != 0)
+		return "could not resolve host name";
+	for (ai = res; ai != NULL; ai = ai->ai_next)
+	{
+		int			fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+		struct pollfd pfd;
+		int			err = 0;
+		socklen_t	len = sizeof(err);
+
+		if (fd < 0)
+			continue;
+		(void) fcntl(fd, F_SETFL, O_NONBLOCK);
+		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+		{
+			close(fd);
+			reason = 0;
+			break;				/* it works now */
+		}
+		err = errno;
+		if (err == EINPROGRESS)
+		{
+			pfd.fd = fd;
+			pfd.events = POLLOUT;
+			if (poll(&pfd, 1, 1000) == 1 &&
+				getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0)
+				;
+			else
+				err = ETIMEDOUT;
+		}
+		close(fd);
+		if (err != 0)
+			reason = err;
+	}
+	freeaddrinfo(res);
+	return reason != 0 ? strerror(reason) : NULL;
+}
+
 static bool
 is_set(const char *s)
 {
@@ -319,8 +378,13 @@ sb_amqp_connect(const char *url, const char *connection_name)
 			set_error(c, "%s: %s", amqp_error_string2(status), buf);
 			ERR_clear_error();
 		}
-		else if (status == AMQP_STATUS_SOCKET_ERROR && save_errno != 0)
-			set_error(c, "%s", strerror(save_errno));
+		else if (status == AMQP_STATUS_SOCKET_ERROR)
+		{
+			const char *reason = (save_errno != 0 && save_errno != EINPROGRESS) ?
+				strerror(save_errno) : connect_failure_reason(info.host, info.port);
+
+			set_error(c, "%s", reason ? reason : amqp_error_string2(status));
+		}
 		else
 			set_error(c, "%s", amqp_error_string2(status));
 		goto fail;

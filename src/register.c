@@ -20,6 +20,9 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
+#include "catalog/dependency.h"
+#include "commands/extension.h"
+#include "utils/guc.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "parser/scansup.h"
@@ -81,6 +84,23 @@ ext_schema_quoted(void)
 }
 
 /*
+ * safe_search_path: run what follows with search_path = pg_catalog,
+ * pg_temp, so that no operator or function a user planted in a schema of
+ * theirs is picked up while we hold another role's privileges.  Returns the
+ * GUC nest level to pass to AtEOXact_GUC().
+ */
+static int
+safe_search_path(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
+							 0, false);
+	return nestlevel;
+}
+
+/*
  * sb_load_signals: the registered signal tables (only_relid: just that one)
  * as a List of SbSignal, allocated in the caller's memory context.  Tables
  * that no longer exist are left out.
@@ -95,18 +115,21 @@ sb_load_signals(Oid only_relid)
 	Datum		args[1];
 	uint64		i;
 	int			ret;
+	int			nestlevel;
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "SELECT c.oid, n.nspname, c.relname, c.relowner, r.exchange, "
 					 "r.routing_key, r.autoflush, r.order_by, r.burst_count, r.mandatory "
 					 "FROM %s.signalbus_registrations r "
-					 "JOIN pg_catalog.pg_class c ON c.oid = r.signal "
-					 "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-					 "WHERE $1 = 0 OR c.oid = $1 ORDER BY c.oid",
+					 "JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.signal "
+					 "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+					 "WHERE $1 OPERATOR(pg_catalog.=) 0 OR c.oid OPERATOR(pg_catalog.=) $1 "
+					 "ORDER BY c.oid",
 					 ext_schema_quoted());
 	args[0] = ObjectIdGetDatum(only_relid);
 
+	nestlevel = safe_search_path();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	ret = SPI_execute_with_args(sql.data, 1, argtypes, args, NULL, true, 0);
@@ -144,6 +167,7 @@ sb_load_signals(Oid only_relid)
 		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();
+	AtEOXact_GUC(false, nestlevel);
 	return result;
 }
 
@@ -168,6 +192,13 @@ open_signal_table(Oid relid, LOCKMODE lockmode)
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
 				 errdetail("Only ordinary tables can be signal tables.")));
+	if (OidIsValid(getExtensionOfObject(RelationRelationId, relid)) &&
+		getExtensionOfObject(RelationRelationId, relid) ==
+		get_extension_oid(SIGNALBUS_EXTNAME, true))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" belongs to the signalbus extension and cannot be a signal table",
+						RelationGetRelationName(rel))));
 	if (rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
@@ -199,6 +230,8 @@ normalize_order_by(Relation rel, const char *input)
 		char	   *colname;
 		AttrNumber	attnum;
 		char		word[16];
+		bool		seen_dir;
+		bool		seen_nulls;
 
 		while (scanner_isspace(*p))
 			p++;
@@ -253,7 +286,9 @@ normalize_order_by(Relation rel, const char *input)
 			appendStringInfoString(&out, ", ");
 		appendStringInfoString(&out, quote_identifier(colname));
 
-		/* optional ASC/DESC, NULLS FIRST/LAST */
+		/* optional ASC/DESC, then optional NULLS FIRST/LAST */
+		seen_dir = false;
+		seen_nulls = false;
 		for (;;)
 		{
 			const char *start;
@@ -271,14 +306,32 @@ normalize_order_by(Relation rel, const char *input)
 				len = sizeof(word) - 1;
 			memcpy(word, start, len);
 			word[len] = '\0';
+			if ((pg_strcasecmp(word, "asc") == 0 || pg_strcasecmp(word, "desc") == 0) &&
+				(seen_dir || seen_nulls))
+				ereport(ERROR,
+						(errcode(ERRCODE_SYNTAX_ERROR),
+						 errmsg("invalid order_by \"%s\"", input),
+						 errdetail("ASC or DESC must come once, before NULLS FIRST or NULLS LAST.")));
+			if (pg_strcasecmp(word, "nulls") == 0 && seen_nulls)
+				ereport(ERROR,
+						(errcode(ERRCODE_SYNTAX_ERROR),
+						 errmsg("invalid order_by \"%s\"", input),
+						 errdetail("NULLS FIRST or NULLS LAST must come once.")));
 			if (pg_strcasecmp(word, "asc") == 0)
+			{
 				appendStringInfoString(&out, " ASC");
+				seen_dir = true;
+			}
 			else if (pg_strcasecmp(word, "desc") == 0)
+			{
 				appendStringInfoString(&out, " DESC");
+				seen_dir = true;
+			}
 			else if (pg_strcasecmp(word, "nulls") == 0)
 			{
 				const char *s2;
 
+				seen_nulls = true;
 				while (scanner_isspace(*p))
 					p++;
 				s2 = p;
@@ -362,18 +415,19 @@ signalbus_register(PG_FUNCTION_ARGS)
 	Datum		args[7];
 	char		nulls[7] = "       ";
 	bool		fast;
+	int			nestlevel;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("signal table must not be null")));
-	if (PG_ARGISNULL(3) || PG_ARGISNULL(5) || PG_ARGISNULL(6))
+	if (PG_ARGISNULL(1) || PG_ARGISNULL(3) || PG_ARGISNULL(5) || PG_ARGISNULL(6))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("autoflush, burst_count and mandatory must not be null")));
+				 errmsg("exchange, autoflush, burst_count and mandatory must not be null")));
 
 	relid = PG_GETARG_OID(0);
-	exchange = PG_ARGISNULL(1) ? pstrdup("") : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	exchange = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	routing_key = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
 	autoflush = PG_GETARG_BOOL(3);
 	burst_count = PG_GETARG_INT32(5);
@@ -410,6 +464,7 @@ signalbus_register(PG_FUNCTION_ARGS)
 
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(extowner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	nestlevel = safe_search_path();
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -442,7 +497,7 @@ signalbus_register(PG_FUNCTION_ARGS)
 	/* (re)create the trigger, whose argument carries the fast-path choice */
 	resetStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = '%s'",
+					 "SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid OPERATOR(pg_catalog.=) $1 AND tgname OPERATOR(pg_catalog.=) '%s'",
 					 SIGNALBUS_TRIGGER_NAME);
 	spi_exec(sql.data, 1, argtypes, args, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
@@ -461,6 +516,7 @@ signalbus_register(PG_FUNCTION_ARGS)
 	spi_exec(sql.data, 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 
 	SPI_finish();
+	AtEOXact_GUC(false, nestlevel);
 	SetUserIdAndSecContext(save_userid, save_sec);
 
 	sb_xact_config_changed();
@@ -487,6 +543,7 @@ signalbus_unregister(PG_FUNCTION_ARGS)
 	Datum		args[1];
 	bool		had_trigger;
 	bool		had_registration;
+	int			nestlevel;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -507,20 +564,21 @@ signalbus_unregister(PG_FUNCTION_ARGS)
 
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(extowner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	nestlevel = safe_search_path();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
 	args[0] = ObjectIdGetDatum(relid);
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "DELETE FROM %s.signalbus_registrations WHERE signal = $1::pg_catalog.oid::pg_catalog.regclass",
+					 "DELETE FROM %s.signalbus_registrations WHERE signal OPERATOR(pg_catalog.=) $1::pg_catalog.oid::pg_catalog.regclass",
 					 ext_schema_quoted());
 	spi_exec(sql.data, 1, argtypes, args, NULL, SPI_OK_DELETE);
 	had_registration = SPI_processed > 0;
 
 	resetStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = '%s'",
+					 "SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid OPERATOR(pg_catalog.=) $1 AND tgname OPERATOR(pg_catalog.=) '%s'",
 					 SIGNALBUS_TRIGGER_NAME);
 	spi_exec(sql.data, 1, argtypes, args, NULL, SPI_OK_SELECT);
 	had_trigger = SPI_processed > 0;
@@ -532,6 +590,7 @@ signalbus_unregister(PG_FUNCTION_ARGS)
 		spi_exec(sql.data, 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	}
 	SPI_finish();
+	AtEOXact_GUC(false, nestlevel);
 	SetUserIdAndSecContext(save_userid, save_sec);
 
 	if (!had_registration && !had_trigger)

@@ -483,6 +483,12 @@ signalbus_worker_main(Datum arg)
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
+	/*
+	 * The worker is a superuser session: no schema a user can write to may
+	 * be on its path (ALTER DATABASE ... SET search_path must not reach it).
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
 	before_shmem_exit(worker_detach, (Datum) 0);
 	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
 	slot->pid = MyProcPid;
