@@ -7,6 +7,7 @@
  */
 #include "signalbus.h"
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 char	   *signalbus_amqp_url = NULL;
@@ -41,7 +42,7 @@ check_amqp_url(char **newval, void **extra, GucSource source)
 
 /*
  * sb_guc_init: define every GUC.  Called from _PG_init in any process that
- * loads the library; postmaster-context settings only take effect when the
+ * loads the library; the postmaster-context settings only exist when the
  * library is preloaded.
  */
 void
@@ -55,15 +56,6 @@ sb_guc_init(void)
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
 							   check_amqp_url, NULL, NULL);
-
-	DefineCustomStringVariable("signalbus.databases",
-							   "Comma-separated list of databases that get a signalbus worker.",
-							   NULL,
-							   &signalbus_databases,
-							   "postgres",
-							   PGC_POSTMASTER,
-							   GUC_LIST_INPUT,
-							   NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("signalbus.autoflush",
 							 "Whether this session's commits wake the worker to send their signals.",
@@ -101,14 +93,30 @@ sb_guc_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
-	DefineCustomIntVariable("signalbus.queue_size",
-							"Committed rows each database's commit queue holds for its worker.",
-							"Rows that do not fit are sent by a sweep.",
-							&signalbus_queue_size,
-							65536, 16, 16 * 1024 * 1024,
-							PGC_POSTMASTER,
-							0,
-							NULL, NULL, NULL);
+	/*
+	 * Settings of the postmaster's lifetime can only be defined while the
+	 * library is preloaded: anywhere else PostgreSQL refuses them.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+	{
+		DefineCustomStringVariable("signalbus.databases",
+								   "Comma-separated list of databases that get a signalbus worker.",
+								   NULL,
+								   &signalbus_databases,
+								   "postgres",
+								   PGC_POSTMASTER,
+								   GUC_LIST_INPUT,
+								   NULL, NULL, NULL);
+
+		DefineCustomIntVariable("signalbus.queue_size",
+								"Committed rows each database's commit queue holds for its worker.",
+								"Rows that do not fit are sent by a sweep.",
+								&signalbus_queue_size,
+								65536, 16, 16 * 1024 * 1024,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+	}
 
 	DefineCustomIntVariable("signalbus.max_backoff",
 							"Longest wait between two attempts to reach the broker.",

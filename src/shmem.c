@@ -203,6 +203,34 @@ sb_queue_is_empty(SbSlot *slot)
 }
 
 /*
+ * sb_slot_mark_sweep: ask the worker to sweep relid.  The caller holds the
+ * slot's lock; nothing here can fail.
+ */
+void
+sb_slot_mark_sweep(SbSlot *slot, Oid relid)
+{
+	int			i;
+
+	if (slot->sweep_all)
+		return;
+	for (i = 0; i < slot->nsweep; i++)
+		if (slot->sweep_relids[i] == relid)
+			return;
+	if (slot->nsweep < SB_SWEEP_RELIDS)
+		slot->sweep_relids[slot->nsweep++] = relid;
+	else
+		slot->sweep_all = true;
+}
+
+void
+sb_slot_request_sweep(SbSlot *slot, Oid relid)
+{
+	LWLockAcquire(slot->lock, LW_EXCLUSIVE);
+	sb_slot_mark_sweep(slot, relid);
+	LWLockRelease(slot->lock);
+}
+
+/*
  * sb_slot_take_sweep: fetch and clear the sweep requests left by commits
  * whose rows did not fit in the queue.
  */

@@ -126,6 +126,8 @@ extern bool sb_queue_is_empty(SbSlot *slot);
 extern void sb_slot_set_state(SbSlot *slot, SbWorkerState state);
 extern void sb_slot_set_error(SbSlot *slot, const char *error);
 extern void sb_slot_count(SbSlot *slot, int64 sent, int64 failed);
+extern void sb_slot_mark_sweep(SbSlot *slot, Oid relid);
+extern void sb_slot_request_sweep(SbSlot *slot, Oid relid);
 extern bool sb_slot_take_sweep(SbSlot *slot, bool *all, Oid *relids, int *nrelids);
 extern void sb_require_shmem(void);
 

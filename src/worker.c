@@ -418,6 +418,13 @@ send_queued(SbQueueEntry *buf)
 					if (!run_burst(sig, tids, k, NULL, &res))
 						return false;
 					pfree(tids);
+
+					/*
+					 * A queued row not found was sent by someone else, or
+					 * updated (new ctid) by its own transaction: sweep.
+					 */
+					if (res.fetched < k)
+						sb_slot_request_sweep(slot, sig->relid);
 				}
 			}
 			start = end;

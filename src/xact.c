@@ -113,25 +113,6 @@ sb_xact_config_changed(void)
 }
 
 /*
- * mark_sweep: ask the worker to sweep relid (caller holds the slot lock).
- */
-static void
-mark_sweep(SbSlot *slot, Oid relid)
-{
-	int			i;
-
-	if (slot->sweep_all)
-		return;
-	for (i = 0; i < slot->nsweep; i++)
-		if (slot->sweep_relids[i] == relid)
-			return;
-	if (slot->nsweep < SB_SWEEP_RELIDS)
-		slot->sweep_relids[slot->nsweep++] = relid;
-	else
-		slot->sweep_all = true;
-}
-
-/*
  * hand_over: copy the committed rows into the queue and wake the worker.
  * Runs after commit: it must not fail.
  */
@@ -164,10 +145,10 @@ hand_over(void)
 	}
 	slot->head += n;
 	for (i = n; i < nrecorded; i++)
-		mark_sweep(slot, recorded[i].relid);
+		sb_slot_mark_sweep(slot, recorded[i].relid);
 	slot->overflows += nrecorded - n;
 	for (i = 0; i < noverflow; i++)
-		mark_sweep(slot, overflow_relids[i]);
+		sb_slot_mark_sweep(slot, overflow_relids[i]);
 	if (overflow_all)
 		slot->sweep_all = true;
 	if (config_changed)
