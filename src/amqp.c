@@ -37,6 +37,7 @@
 #include <openssl/ssl.h>
 
 #include "miscadmin.h"
+#include "storage/fd.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -317,6 +318,33 @@ configure_tls(SbAmqp *c, amqp_socket_t *sock)
 }
 
 /*
+ * read_password_file: the first line of signalbus.amqp_password_file, in
+ * the current memory context; NULL (with the reason in c->error) if it
+ * cannot be read.
+ */
+static char *
+read_password_file(SbAmqp *c, const char *path)
+{
+	FILE	   *f = AllocateFile(path, "r");
+	char		buf[1024];
+	size_t		len;
+
+	if (f == NULL)
+	{
+		set_error(c, "could not open signalbus.amqp_password_file \"%s\": %s",
+				  path, strerror(errno));
+		return NULL;
+	}
+	if (fgets(buf, sizeof(buf), f) == NULL)
+		buf[0] = '\0';
+	FreeFile(f);
+	len = strlen(buf);
+	while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+		buf[--len] = '\0';
+	return pstrdup(buf);
+}
+
+/*
  * sb_amqp_connect: connect to the broker at url, open a confirm-mode
  * channel.  Raises 08001 on failure, with the password never shown.
  */
@@ -334,6 +362,7 @@ sb_amqp_connect(const char *url, const char *connection_name)
 	int			status;
 	int			fd;
 	int			one = 1;
+	char	   *password;
 
 	c = MemoryContextAllocZero(TopMemoryContext, sizeof(SbAmqp));
 	c->display_url = MemoryContextStrdup(TopMemoryContext,
@@ -414,9 +443,17 @@ sb_amqp_connect(const char *url, const char *connection_name)
 	props.num_entries = 2;
 	props.entries = entries;
 
+	if (is_set(signalbus_amqp_password_file))
+	{
+		password = read_password_file(c, signalbus_amqp_password_file);
+		if (password == NULL)
+			goto fail;
+	}
+	else
+		password = info.password;
 	reply = amqp_login_with_properties(c->conn, info.vhost, 0, SB_FRAME_MAX, 0,
 									   &props, AMQP_SASL_METHOD_PLAIN,
-									   info.user, info.password);
+									   info.user, password);
 	if (reply.reply_type != AMQP_RESPONSE_NORMAL)
 	{
 		describe_reply(reply, "login failed", c->error, sizeof(c->error));

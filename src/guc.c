@@ -18,6 +18,7 @@ int			signalbus_max_attempts = 5;
 int			signalbus_confirm_timeout = 30000;
 int			signalbus_queue_size = 65536;
 int			signalbus_max_backoff = 60000;
+char	   *signalbus_amqp_password_file = NULL;
 char	   *signalbus_tls_ca_file = NULL;
 char	   *signalbus_tls_cert_file = NULL;
 char	   *signalbus_tls_key_file = NULL;
@@ -126,6 +127,15 @@ sb_guc_init(void)
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("signalbus.amqp_password_file",
+							   "File whose first line is the broker password; overrides the password in signalbus.amqp_url.",
+							   "Keeps the password out of the configuration files and the server log.",
+							   &signalbus_amqp_password_file,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
 
 	DefineCustomStringVariable("signalbus.tls_ca_file",
 							   "File of CA certificates that the broker's certificate is checked against (amqps://).",

@@ -48,6 +48,7 @@ extern int	signalbus_max_attempts;
 extern int	signalbus_confirm_timeout;
 extern int	signalbus_queue_size;
 extern int	signalbus_max_backoff;
+extern char *signalbus_amqp_password_file;
 extern char *signalbus_tls_ca_file;
 extern char *signalbus_tls_cert_file;
 extern char *signalbus_tls_key_file;

@@ -41,6 +41,7 @@ static int	maxrecorded = 0;
 static Oid	overflow_relids[SB_XACT_SWEEP_RELIDS];
 static int	noverflow = 0;
 static bool overflow_all = false;
+static int64 noverflow_rows = 0;	/* rows not recorded: beyond the cap */
 static bool config_changed = false;
 
 static void
@@ -52,6 +53,7 @@ reset_xact_state(void)
 	maxrecorded = 0;
 	noverflow = 0;
 	overflow_all = false;
+	noverflow_rows = 0;
 	config_changed = false;
 }
 
@@ -82,6 +84,7 @@ sb_xact_record(Oid relid, ItemPointer tid)
 		if (nrecorded >= cap)
 		{
 			note_overflow(relid);
+			noverflow_rows++;
 			return;
 		}
 		if (recorded == NULL)
@@ -146,7 +149,7 @@ hand_over(void)
 	slot->head += n;
 	for (i = n; i < nrecorded; i++)
 		sb_slot_mark_sweep(slot, recorded[i].relid);
-	slot->overflows += nrecorded - n;
+	slot->overflows += (nrecorded - n) + noverflow_rows;
 	for (i = 0; i < noverflow; i++)
 		sb_slot_mark_sweep(slot, overflow_relids[i]);
 	if (overflow_all)
