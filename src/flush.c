@@ -214,6 +214,15 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
 							 0, false);
 
+	/*
+	 * Rows are found by ctid: a TID scan touches just them, but for a burst of
+	 * a thousand ctids in a large table the planner prices a sequential scan
+	 * lower (it does not know the rows are in cache).  Do not let it.
+	 */
+	(void) set_config_option("enable_seqscan", "off",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
+							 0, false);
+
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
