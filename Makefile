@@ -27,3 +27,14 @@ SHLIB_LINK = -lrabbitmq -lssl -lcrypto
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# The command-line client is a PROGRAM, so it has its own PGXS Makefile in
+# cli/; make, make install, make uninstall and make clean recurse into it.
+all: cli-all
+install: cli-install
+uninstall: cli-uninstall
+clean: cli-clean
+
+.PHONY: cli-all cli-install cli-uninstall cli-clean
+cli-all cli-install cli-uninstall cli-clean:
+	$(MAKE) -C cli $(patsubst cli-%,%,$@) PG_CONFIG='$(PG_CONFIG)'
