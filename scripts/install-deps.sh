@@ -11,7 +11,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PACKAGES=(postgresql-15 postgresql-server-dev-15 librabbitmq-dev rabbitmq-server
-          amqp-tools libipc-run-perl build-essential)
+          amqp-tools libipc-run-perl build-essential openssl)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -12,6 +12,9 @@
 # Call rabbitmqctl for this node with scripts/rabbitmqctl.sh ARGS...
 # Users besides root/rabbitmq that may use rabbitmqctl.sh: SB_CTL_USERS
 # (space-separated, default "postgres").
+# SB_RMQ_EXTRA_CONF: lines appended to the node's rabbitmq.conf (e.g. a TLS
+# listener: see make_tls_certs and tls_conf in scripts/lib.sh).  'start' of
+# a node that runs with other extra lines restarts it with these.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -59,7 +62,14 @@ setup_dir() {
         install -o "$u" -m 400 "$cookie" "$DIR/cli/$u/.erlang.cookie"
     done
     echo '[].' >"$DIR/enabled_plugins"
-    echo '# private signalbus test node: RabbitMQ defaults' >"$DIR/rabbitmq.conf"
+    {
+        echo '# private signalbus test node: RabbitMQ defaults'
+        if [ -n "${SB_RMQ_EXTRA_CONF:-}" ]; then
+            echo '# SB_RMQ_EXTRA_CONF'
+            printf '%s\n' "$SB_RMQ_EXTRA_CONF"
+        fi
+    } >"$DIR/rabbitmq.conf"
+    printf '%s' "${SB_RMQ_EXTRA_CONF:-}" >"$DIR/extra.conf"
     : >"$DIR/rabbitmq-env.conf"
 }
 
@@ -67,6 +77,10 @@ start() {
     need_root
     ensure_run_dir
     local pid
+    if pid=$(node_pid) && [ "$(cat "$DIR/extra.conf" 2>/dev/null)" != "${SB_RMQ_EXTRA_CONF:-}" ]; then
+        echo "rabbitmq.sh: node $SB_RMQ_NODE runs with other SB_RMQ_EXTRA_CONF settings; restarting it" >&2
+        stop
+    fi
     if pid=$(node_pid); then
         # running: make sure the app runs too (a test may have left it stopped)
         "${CTL[@]}" -q start_app >/dev/null 2>&1 ||

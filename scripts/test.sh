@@ -2,7 +2,9 @@
 # scripts/test.sh -- THE test command of signalbus:  bash scripts/test.sh
 #
 # As root, from any directory.  Installs missing packages, builds and installs
-# the extension, builds t/amqp_dump.c, starts a private RabbitMQ node and a
+# the extension, builds t/amqp_dump.c, makes throw-away TLS certificates
+# ($SB_RUN_DIR/tls), starts a private RabbitMQ node (AMQP on SB_AMQP_PORT, and
+# a TLS listener requiring client certificates on SB_AMQPS_PORT) and a
 # fresh private PostgreSQL cluster, copies the repo to $SB_RUN_DIR/src (owned
 # by postgres: PostgreSQL refuses root), and runs there, as postgres,
 #   make installcheck TAP_TESTS=          (pg_regress: REGRESS / ISOLATION)
@@ -14,14 +16,15 @@
 # PROVE_FLAGS (e.g. -v), PROVE_TESTS (e.g. t/010_basic.pl) go to make;
 # SB_SKIP_BUILD=1 tests the already installed extension (builds only amqp-dump).
 # Tests see: PGHOST/PGPORT (private cluster, pg_regress only), SB_AMQP_PORT,
-# SB_RUN_DIR, SB_AMQP_DUMP, SB_RABBITMQCTL.
+# SB_RUN_DIR, SB_AMQP_DUMP, SB_RABBITMQCTL, SB_AMQPS_PORT (the node's TLS
+# port) and SB_TLS_DIR (its certificates: see make_tls_certs in lib.sh).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_root
 S=$SB_ROOT/scripts
 SRC=$SB_RUN_DIR/src
 T0=$SECONDS
-export SB_RUN_DIR SB_AMQP_PORT SB_PG_PORT
+export SB_RUN_DIR SB_AMQP_PORT SB_PG_PORT SB_AMQPS_PORT
 
 started_rmq=0
 started_pg=0
@@ -37,8 +40,14 @@ trap 'exit 130' INT TERM
 bash "$S/install-deps.sh"
 bash "$S/build.sh" "$([ "${SB_SKIP_BUILD:-0}" = 1 ] && echo tools || echo all)"
 
+ensure_run_dir
+make_tls_certs "$SB_TLS_DIR"
+SB_RMQ_EXTRA_CONF=$(tls_conf "$SB_TLS_DIR")
+export SB_RMQ_EXTRA_CONF
 bash "$S/rabbitmq.sh" status >/dev/null 2>&1 || started_rmq=1
 bash "$S/rabbitmq.sh" start
+port_in_use "$SB_AMQPS_PORT" ||
+    die "the RabbitMQ node does not listen for TLS on port $SB_AMQPS_PORT (see $SB_RMQ_DIR/log)"
 
 # A fresh cluster each run: a signalbus worker stays connected to
 # contrib_regression, which would make pg_regress's DROP DATABASE fail.
@@ -55,6 +64,7 @@ run_make() {
     (cd "$SRC" && runuser -u postgres -- env \
         PGHOST="$SB_RUN_DIR" PGPORT="$SB_PG_PORT" PGUSER=postgres \
         SB_AMQP_PORT="$SB_AMQP_PORT" SB_RUN_DIR="$SB_RUN_DIR" \
+        SB_AMQPS_PORT="$SB_AMQPS_PORT" SB_TLS_DIR="$SB_TLS_DIR" \
         SB_AMQP_DUMP="$SB_AMQP_DUMP" SB_RABBITMQCTL="$SRC/scripts/rabbitmqctl.sh" \
         make -s --no-print-directory -C "$SRC" PG_CONFIG="$PG_CONFIG" installcheck "$@")
 }

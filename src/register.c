@@ -71,11 +71,11 @@ sb_extension_info(Oid *nspid, Oid *owner)
 }
 
 static const char *
-ext_schema_quoted(void)
+ext_schema_quoted(Oid *owner)
 {
 	Oid			nspid;
 
-	if (!sb_extension_info(&nspid, NULL))
+	if (!sb_extension_info(&nspid, owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"%s\" is not installed in this database",
@@ -126,7 +126,7 @@ sb_load_signals(Oid only_relid)
 					 "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
 					 "WHERE $1 OPERATOR(pg_catalog.=) 0 OR c.oid OPERATOR(pg_catalog.=) $1 "
 					 "ORDER BY c.oid",
-					 ext_schema_quoted());
+					 ext_schema_quoted(NULL));
 	args[0] = ObjectIdGetDatum(only_relid);
 
 	nestlevel = safe_search_path();
@@ -454,12 +454,7 @@ signalbus_register(PG_FUNCTION_ARGS)
 										  RelationGetRelationName(rel));
 	table_close(rel, NoLock);
 
-	if (!sb_extension_info(NULL, &extowner))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("extension \"%s\" is not installed in this database",
-						SIGNALBUS_EXTNAME)));
-	schema = ext_schema_quoted();
+	schema = ext_schema_quoted(&extowner);
 	fast = autoflush && order_by == NULL;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec);
@@ -538,6 +533,7 @@ signalbus_unregister(PG_FUNCTION_ARGS)
 	int			save_sec;
 	char	   *qualname;
 	char	   *relname;
+	const char *schema;
 	StringInfoData sql;
 	Oid			argtypes[1] = {OIDOID};
 	Datum		args[1];
@@ -556,11 +552,7 @@ signalbus_unregister(PG_FUNCTION_ARGS)
 										  relname);
 	table_close(rel, NoLock);
 
-	if (!sb_extension_info(NULL, &extowner))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("extension \"%s\" is not installed in this database",
-						SIGNALBUS_EXTNAME)));
+	schema = ext_schema_quoted(&extowner);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(extowner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
@@ -572,7 +564,7 @@ signalbus_unregister(PG_FUNCTION_ARGS)
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "DELETE FROM %s.signalbus_registrations WHERE signal OPERATOR(pg_catalog.=) $1::pg_catalog.oid::pg_catalog.regclass",
-					 ext_schema_quoted());
+					 schema);
 	spi_exec(sql.data, 1, argtypes, args, NULL, SPI_OK_DELETE);
 	had_registration = SPI_processed > 0;
 
