@@ -56,6 +56,66 @@ typedef enum SbFlushMode
 } SbFlushMode;
 
 /*
+ * Prepared plans of the flush queries, kept for the life of the process
+ * (SPI_keepplan) and found by their text: the text names the table and its
+ * special columns, so a table altered to have other columns gets another
+ * plan, and PostgreSQL's plan cache replans one whose table changed.
+ */
+typedef struct SbCachedPlan
+{
+	char	   *sql;
+	SPIPlanPtr	plan;
+} SbCachedPlan;
+
+#define SB_MAX_CACHED_PLANS 256
+
+static SbCachedPlan cached_plans[SB_MAX_CACHED_PLANS];
+static int	ncached_plans = 0;
+
+/*
+ * execute_cached: run sql with args through a cached plan (caller is
+ * connected to SPI).
+ */
+static int
+execute_cached(const char *sql, int nargs, Oid *argtypes, Datum *args)
+{
+	SPIPlanPtr	plan = NULL;
+	int			i;
+
+	for (i = 0; i < ncached_plans; i++)
+	{
+		if (strcmp(cached_plans[i].sql, sql) == 0)
+		{
+			plan = cached_plans[i].plan;
+			break;
+		}
+	}
+	if (plan == NULL)
+	{
+		if (ncached_plans == SB_MAX_CACHED_PLANS)
+		{
+			/* tables come and go: start afresh rather than grow */
+			for (i = 0; i < ncached_plans; i++)
+			{
+				SPI_freeplan(cached_plans[i].plan);
+				pfree(cached_plans[i].sql);
+			}
+			ncached_plans = 0;
+		}
+		plan = SPI_prepare(sql, nargs, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "signalbus: could not prepare \"%s\": %s", sql,
+				 SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "signalbus: SPI_keepplan failed");
+		cached_plans[ncached_plans].sql = MemoryContextStrdup(CacheMemoryContext, sql);
+		cached_plans[ncached_plans].plan = plan;
+		ncached_plans++;
+	}
+	return SPI_execute_plan(plan, args, NULL, false, 0);
+}
+
+/*
  * tid_array: a tid[] Datum of n tids.
  */
 static Datum
@@ -226,7 +286,7 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
-	ret = SPI_execute_with_args(sql.data, 2, argtypes, args, NULL, false, 0);
+	ret = execute_cached(sql.data, 2, argtypes, args);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "signalbus: could not read signal table %s: %s",
 			 qualname, SPI_result_code_string(ret));
@@ -327,7 +387,7 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 						 qualname);
 		argtypes[0] = TIDARRAYOID;
 		args[0] = tid_array(acked, nacked);
-		ret = SPI_execute_with_args(sql.data, 1, argtypes, args, NULL, false, 0);
+		ret = execute_cached(sql.data, 1, argtypes, args);
 		if (ret != SPI_OK_DELETE)
 			elog(ERROR, "signalbus: could not delete from signal table %s: %s",
 				 qualname, SPI_result_code_string(ret));
