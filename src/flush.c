@@ -255,14 +255,28 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 	}
 	if (ordered)
 	{
-		/* one ordered sender per table at a time: they serialize here */
-		DirectFunctionCall2(pg_advisory_xact_lock_int4,
-							Int32GetDatum(SB_ORDERED_LOCK_KEY),
-							Int32GetDatum((int32) sig->relid));
+		/*
+		 * One ordered sender per table at a time: they serialize here.  The
+		 * worker (retry != NULL) serves every table of its database, so it
+		 * never waits: a table whose ordered sender or first rows are busy
+		 * is left for the next sweep (nothing behind a locked row overtakes
+		 * it either way).
+		 */
+		if (retry == NULL)
+			DirectFunctionCall2(pg_advisory_xact_lock_int4,
+								Int32GetDatum(SB_ORDERED_LOCK_KEY),
+								Int32GetDatum((int32) sig->relid));
+		else if (!DatumGetBool(DirectFunctionCall2(pg_try_advisory_xact_lock_int4,
+												   Int32GetDatum(SB_ORDERED_LOCK_KEY),
+												   Int32GetDatum((int32) sig->relid))))
+		{
+			result->busy = true;
+			return;
+		}
 		appendStringInfo(&sql, " ORDER BY %s", sig->order_by);
 	}
 	appendStringInfo(&sql, " LIMIT $2 FOR UPDATE OF sb%s",
-					 ordered ? "" : " SKIP LOCKED");
+					 !ordered ? " SKIP LOCKED" : (retry != NULL ? " NOWAIT" : ""));
 	argtypes[1] = INT4OID;
 	args[1] = Int32GetDatum(tids ? ntids : sig->burst_count);
 
@@ -577,6 +591,8 @@ flush_signals(List *signals, SbFlushMode mode)
 					if (TimestampDifferenceExceeds(last_report, GetCurrentTimestamp(),
 												   SB_PROGRESS_INTERVAL_MS))
 					{
+						/* other sessions may be draining it too: recount */
+						left = count_rows(sig);
 						report_progress(sig->relname, sent, left, started, false);
 						last_report = GetCurrentTimestamp();
 					}

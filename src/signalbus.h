@@ -284,6 +284,7 @@ typedef struct SbBurst
 	int			dead;			/* moved to signalbus_dead_letters */
 	char		error[SB_ERROR_LEN];	/* the first failure's reason */
 	bool		broker_failed;	/* the connection is no longer usable */
+	bool		busy;			/* ordered table busy: try at the next sweep */
 	ItemPointerData last_tid;	/* highest ctid read (scan mode) */
 } SbBurst;
 

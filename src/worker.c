@@ -56,6 +56,7 @@ static uint32 catalog_generation = 0;
 static int	backoff_attempts = 0;
 static TimestampTz backoff_until = 0;
 static TimestampTz next_sweep = 0;
+static TimestampTz last_sweep = 0;	/* when the last full sweep started */
 static bool sweep_everything = true;
 static bool ever_connected = false;
 
@@ -332,6 +333,8 @@ run_burst(SbSignal *sig, const ItemPointerData *tids, int ntids,
 			broker_failed(message);
 			broker_ok = false;
 		}
+		else if (code == ERRCODE_LOCK_NOT_AVAILABLE)
+			res->busy = true;	/* an ordered table's rows are locked */
 		else
 			table_failed(sig->relid,
 						 psprintf("could not send signals of table \"%s\": %s",
@@ -358,7 +361,7 @@ sweep_table(SbSignal *sig)
 		if (!run_burst(sig, NULL, 0, &after, &res))
 			return false;
 		after = res.last_tid;
-		if (res.fetched < sig->burst_count)
+		if (res.busy || res.fetched < sig->burst_count)
 			return true;
 		if (sig->order_by != NULL && res.sent == 0)
 			return true;
@@ -530,6 +533,11 @@ signalbus_worker_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 			set_broker_display();
+			/* a shorter signalbus.flush_interval counts from the last sweep */
+			if (last_sweep != 0)
+				next_sweep = Min(next_sweep,
+								 TimestampTzPlusMilliseconds(last_sweep,
+															 signalbus_flush_interval));
 			if (conn_url == NULL || strcmp(conn_url, signalbus_amqp_url) != 0)
 			{
 				disconnect();
@@ -620,6 +628,7 @@ signalbus_worker_main(Datum arg)
 		if (sweep_due)
 		{
 			/* the next sweep is due one interval after this one started */
+			last_sweep = now;
 			next_sweep = TimestampTzPlusMilliseconds(now, signalbus_flush_interval);
 			sweep_everything = false;
 			if (!sweep(true, NULL, 0))
