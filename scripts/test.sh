@@ -14,7 +14,8 @@
 #
 # Knobs: SB_RUN_DIR, SB_AMQP_PORT, SB_PG_PORT (scripts/lib.sh);
 # PROVE_FLAGS (e.g. -v), PROVE_TESTS (e.g. t/010_basic.pl) go to make;
-# SB_SKIP_BUILD=1 tests the already installed extension (builds only amqp-dump).
+# SB_SKIP_BUILD=1 tests the already installed extension (builds only amqp-dump);
+# SB_FUZZ_SEED replays t/130_hostile_input.pl with another seed.
 # Tests see: PGHOST/PGPORT (private cluster, pg_regress only), SB_AMQP_PORT,
 # SB_RUN_DIR, SB_AMQP_DUMP, SB_RABBITMQCTL, SB_AMQPS_PORT (the node's TLS
 # port) and SB_TLS_DIR (its certificates: see make_tls_certs in lib.sh).
@@ -65,6 +66,7 @@ run_make() {
         PGHOST="$SB_RUN_DIR" PGPORT="$SB_PG_PORT" PGUSER=postgres \
         SB_AMQP_PORT="$SB_AMQP_PORT" SB_RUN_DIR="$SB_RUN_DIR" \
         SB_AMQPS_PORT="$SB_AMQPS_PORT" SB_TLS_DIR="$SB_TLS_DIR" \
+        ${SB_FUZZ_SEED:+SB_FUZZ_SEED="$SB_FUZZ_SEED"} \
         SB_AMQP_DUMP="$SB_AMQP_DUMP" SB_RABBITMQCTL="$SRC/scripts/rabbitmqctl.sh" \
         make -s --no-print-directory -C "$SRC" PG_CONFIG="$PG_CONFIG" installcheck "$@")
 }

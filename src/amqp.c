@@ -22,8 +22,11 @@
 
 #include <fcntl.h>
 #include <netdb.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
 #include <unistd.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -116,6 +119,25 @@ set_error(SbAmqp *c, const char *fmt,...)
 	va_start(ap, fmt);
 	vsnprintf(c->error, sizeof(c->error), fmt, ap);
 	va_end(ap);
+}
+
+/*
+ * sb_amqp_settings_signature: everything a connection is made from, so that
+ * the worker reconnects when a reload changes any of it.
+ */
+char *
+sb_amqp_settings_signature(void)
+{
+	return psprintf("%s|%s|%s|%s|%s|%s|%s|%s|%d|%d",
+					signalbus_amqp_url ? signalbus_amqp_url : "",
+					signalbus_amqp_password_file ? signalbus_amqp_password_file : "",
+					signalbus_tls_ca_file ? signalbus_tls_ca_file : "",
+					signalbus_tls_cert_file ? signalbus_tls_cert_file : "",
+					signalbus_tls_key_file ? signalbus_tls_key_file : "",
+					signalbus_tls_key_password ? signalbus_tls_key_password : "",
+					signalbus_tls_key_password_file ? signalbus_tls_key_password_file : "",
+					"", (int) signalbus_tls_verify_peer,
+					(int) signalbus_tls_verify_hostname);
 }
 
 /*
@@ -270,6 +292,8 @@ is_set(const char *s)
 	return s != NULL && s[0] != '\0';
 }
 
+static char *read_password_file(SbAmqp *c, const char *guc, const char *path);
+
 /*
  * configure_tls: verification (on unless switched off), the CA file (else
  * the system's CA store), and the client certificate.
@@ -304,7 +328,16 @@ configure_tls(SbAmqp *c, amqp_socket_t *sock)
 			set_error(c, "signalbus.tls_cert_file and signalbus.tls_key_file must be set together");
 			return false;
 		}
-		if (is_set(signalbus_tls_key_password))
+		if (is_set(signalbus_tls_key_password_file))
+		{
+			char	   *pass = read_password_file(c, "signalbus.tls_key_password_file",
+												  signalbus_tls_key_password_file);
+
+			if (pass == NULL)
+				return false;
+			amqp_ssl_socket_set_key_passwd(sock, pass);
+		}
+		else if (is_set(signalbus_tls_key_password))
 			amqp_ssl_socket_set_key_passwd(sock, signalbus_tls_key_password);
 		if (amqp_ssl_socket_set_key(sock, signalbus_tls_cert_file,
 									signalbus_tls_key_file) != AMQP_STATUS_OK)
@@ -323,7 +356,7 @@ configure_tls(SbAmqp *c, amqp_socket_t *sock)
  * cannot be read.
  */
 static char *
-read_password_file(SbAmqp *c, const char *path)
+read_password_file(SbAmqp *c, const char *guc, const char *path)
 {
 	FILE	   *f = AllocateFile(path, "r");
 	char		buf[1024];
@@ -331,8 +364,7 @@ read_password_file(SbAmqp *c, const char *path)
 
 	if (f == NULL)
 	{
-		set_error(c, "could not open signalbus.amqp_password_file \"%s\": %s",
-				  path, strerror(errno));
+		set_error(c, "could not open %s \"%s\": %s", guc, path, strerror(errno));
 		return NULL;
 	}
 	if (fgets(buf, sizeof(buf), f) == NULL)
@@ -357,7 +389,8 @@ sb_amqp_connect(const char *url, const char *connection_name)
 	amqp_socket_t *sock;
 	struct timeval tv;
 	amqp_rpc_reply_t reply;
-	amqp_table_entry_t entries[2];
+	amqp_table_entry_t entries[3];
+	amqp_table_entry_t capabilities[1];
 	amqp_table_t props;
 	int			status;
 	int			fd;
@@ -440,12 +473,25 @@ sb_amqp_connect(const char *url, const char *connection_name)
 	entries[1].key = amqp_cstring_bytes("product");
 	entries[1].value.kind = AMQP_FIELD_KIND_UTF8;
 	entries[1].value.value.bytes = amqp_cstring_bytes("signalbus");
-	props.num_entries = 2;
+
+	/*
+	 * RabbitMQ tells of a resource alarm (connection.blocked) only to clients
+	 * that say they understand it; librabbitmq merges this with its own.
+	 */
+	capabilities[0].key = amqp_cstring_bytes("connection.blocked");
+	capabilities[0].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+	capabilities[0].value.value.boolean = 1;
+	entries[2].key = amqp_cstring_bytes("capabilities");
+	entries[2].value.kind = AMQP_FIELD_KIND_TABLE;
+	entries[2].value.value.table.num_entries = 1;
+	entries[2].value.value.table.entries = capabilities;
+	props.num_entries = 3;
 	props.entries = entries;
 
 	if (is_set(signalbus_amqp_password_file))
 	{
-		password = read_password_file(c, signalbus_amqp_password_file);
+		password = read_password_file(c, "signalbus.amqp_password_file",
+									  signalbus_amqp_password_file);
 		if (password == NULL)
 			goto fail;
 	}
@@ -456,7 +502,19 @@ sb_amqp_connect(const char *url, const char *connection_name)
 									   info.user, password);
 	if (reply.reply_type != AMQP_RESPONSE_NORMAL)
 	{
+		unsigned long sslerr = info.ssl ? ERR_peek_last_error() : 0;
+
 		describe_reply(reply, "login failed", c->error, sizeof(c->error));
+		if (sslerr != 0)
+		{
+			char		buf[256];
+			size_t		len = strlen(c->error);
+
+			/* TLS 1.3: the broker refuses a client certificate only now */
+			ERR_error_string_n(sslerr, buf, sizeof(buf));
+			snprintf(c->error + len, sizeof(c->error) - len, ": %s", buf);
+			ERR_clear_error();
+		}
 		goto fail;
 	}
 	if (!open_channel(c))
@@ -516,7 +574,13 @@ sb_amqp_last_error(SbAmqp *c)
  * ---------------------------------------------------------------------
  */
 static bool encode_value(JsonbValue *v, amqp_field_value_t *out, int depth,
-						 const char **error);
+						 const char **error, Size *size);
+
+/*
+ * The headers travel in the content header frame, which cannot be split:
+ * with the other properties they must fit in one frame.
+ */
+#define SB_MAX_HEADERS_SIZE		(SB_FRAME_MAX - 4096)
 
 static amqp_bytes_t
 copy_bytes(const char *data, Size len)
@@ -532,12 +596,12 @@ copy_bytes(const char *data, Size len)
 
 static bool
 encode_table(JsonbContainer *container, amqp_table_t *table, int depth,
-			 const char **error)
+			 const char **error, Size *size)
 {
 	JsonbIterator *it;
 	JsonbValue	v;
 	JsonbIteratorToken tok;
-	int			size = JsonContainerSize(container);
+	int			nitems = JsonContainerSize(container);
 
 	check_stack_depth();
 	if (depth > SB_MAX_HEADER_DEPTH)
@@ -546,7 +610,7 @@ encode_table(JsonbContainer *container, amqp_table_t *table, int depth,
 		return false;
 	}
 	table->num_entries = 0;
-	table->entries = palloc0(sizeof(amqp_table_entry_t) * Max(size, 1));
+	table->entries = palloc0(sizeof(amqp_table_entry_t) * Max(nitems, 1));
 	it = JsonbIteratorInit(container);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
@@ -557,28 +621,40 @@ encode_table(JsonbContainer *container, amqp_table_t *table, int depth,
 				*error = "a headers key is longer than 255 bytes";
 				return false;
 			}
+			if (v.val.string.len == 0)
+			{
+				*error = "a headers key is empty";
+				return false;
+			}
 			table->entries[table->num_entries].key =
 				copy_bytes(v.val.string.val, v.val.string.len);
+			*size += 1 + v.val.string.len;
 		}
 		else if (tok == WJB_VALUE)
 		{
 			if (!encode_value(&v, &table->entries[table->num_entries].value,
-							  depth, error))
+							  depth, error, size))
 				return false;
 			table->num_entries++;
 		}
+		if (*size > SB_MAX_HEADERS_SIZE)
+		{
+			*error = "headers are too large for one AMQP frame";
+			return false;
+		}
 	}
+	*size += 4;
 	return true;
 }
 
 static bool
 encode_array(JsonbContainer *container, amqp_array_t *array, int depth,
-			 const char **error)
+			 const char **error, Size *size)
 {
 	JsonbIterator *it;
 	JsonbValue	v;
 	JsonbIteratorToken tok;
-	int			size = JsonContainerSize(container);
+	int			nitems = JsonContainerSize(container);
 
 	check_stack_depth();
 	if (depth > SB_MAX_HEADER_DEPTH)
@@ -587,22 +663,29 @@ encode_array(JsonbContainer *container, amqp_array_t *array, int depth,
 		return false;
 	}
 	array->num_entries = 0;
-	array->entries = palloc0(sizeof(amqp_field_value_t) * Max(size, 1));
+	array->entries = palloc0(sizeof(amqp_field_value_t) * Max(nitems, 1));
 	it = JsonbIteratorInit(container);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
 		if (tok == WJB_ELEM)
 		{
-			if (!encode_value(&v, &array->entries[array->num_entries], depth, error))
+			if (!encode_value(&v, &array->entries[array->num_entries], depth,
+							  error, size))
 				return false;
 			array->num_entries++;
 		}
+		if (*size > SB_MAX_HEADERS_SIZE)
+		{
+			*error = "headers are too large for one AMQP frame";
+			return false;
+		}
 	}
+	*size += 4;
 	return true;
 }
 
-static void
-encode_number(Numeric num, amqp_field_value_t *out)
+static bool
+encode_number(Numeric num, amqp_field_value_t *out, const char **error)
 {
 	char	   *s = DatumGetCString(DirectFunctionCall1(numeric_out,
 														NumericGetDatum(num)));
@@ -625,17 +708,24 @@ encode_number(Numeric num, amqp_field_value_t *out)
 		{
 			out->kind = AMQP_FIELD_KIND_I64;
 			out->value.i64 = (int64_t) ll;
-			return;
+			return true;
 		}
 	}
 	out->kind = AMQP_FIELD_KIND_F64;
 	out->value.f64 = strtod(s, NULL);
+	if (isinf(out->value.f64) || isnan(out->value.f64))
+	{
+		*error = "a headers number is out of the range of a double";
+		return false;
+	}
+	return true;
 }
 
 static bool
 encode_value(JsonbValue *v, amqp_field_value_t *out, int depth,
-			 const char **error)
+			 const char **error, Size *size)
 {
+	*size += 1;					/* the kind */
 	switch (v->type)
 	{
 		case jbvNull:
@@ -644,24 +734,31 @@ encode_value(JsonbValue *v, amqp_field_value_t *out, int depth,
 		case jbvBool:
 			out->kind = AMQP_FIELD_KIND_BOOLEAN;
 			out->value.boolean = v->val.boolean;
+			*size += 1;
 			return true;
 		case jbvString:
+			*size += 4 + v->val.string.len;
+			if (*size > SB_MAX_HEADERS_SIZE)
+			{
+				*error = "headers are too large for one AMQP frame";
+				return false;
+			}
 			out->kind = AMQP_FIELD_KIND_UTF8;
 			out->value.bytes = copy_bytes(v->val.string.val, v->val.string.len);
 			return true;
 		case jbvNumeric:
-			encode_number(v->val.numeric, out);
-			return true;
+			*size += 8;
+			return encode_number(v->val.numeric, out, error);
 		case jbvBinary:
 			if (JsonContainerIsObject(v->val.binary.data))
 			{
 				out->kind = AMQP_FIELD_KIND_TABLE;
 				return encode_table(v->val.binary.data, &out->value.table,
-									depth + 1, error);
+									depth + 1, error, size);
 			}
 			out->kind = AMQP_FIELD_KIND_ARRAY;
 			return encode_array(v->val.binary.data, &out->value.array,
-								depth + 1, error);
+								depth + 1, error, size);
 		default:
 			*error = "headers hold a value of an unsupported JSON type";
 			return false;
@@ -677,6 +774,7 @@ void *
 sb_amqp_encode_headers(Jsonb *jb, const char **error)
 {
 	amqp_table_t *table;
+	Size		size = 0;
 
 	if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
 	{
@@ -684,7 +782,7 @@ sb_amqp_encode_headers(Jsonb *jb, const char **error)
 		return NULL;
 	}
 	table = palloc(sizeof(amqp_table_t));
-	if (!encode_table(&jb->root, table, 1, error))
+	if (!encode_table(&jb->root, table, 1, error, &size))
 		return NULL;
 	return table;
 }
@@ -1003,6 +1101,53 @@ drain_ready(SbAmqp *c, BurstState *bs, TimestampTz deadline)
 }
 
 /*
+ * wait_for_send_space: librabbitmq writes with no time limit (it polls the
+ * socket until the broker reads), and a broker under a resource alarm stops
+ * reading.  So before a message is handed to it, wait here, in slices that
+ * answer interrupts, until the socket's send buffer has room for it (or is
+ * empty, for a message larger than the buffer).  False when the deadline
+ * passed or the connection failed meanwhile.
+ */
+static bool
+wait_for_send_space(SbAmqp *c, BurstState *bs, SbMessage *m,
+					TimestampTz deadline)
+{
+	int			fd = amqp_get_sockfd(c->conn);
+	int			sndbuf = 0;
+	socklen_t	len = sizeof(sndbuf);
+	long		need = (long) m->body_len + 4096;
+
+	if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) != 0)
+		return true;			/* cannot tell: let librabbitmq try */
+	for (;;)
+	{
+		int			queued = 0;
+		long		remaining;
+
+		if (ioctl(fd, SIOCOUTQ, &queued) != 0)
+			return true;
+		if (queued == 0 || sndbuf - queued >= need)
+			return true;
+		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (remaining <= 0)
+		{
+			set_error(c, "timed out writing to the broker%s",
+					  c->blocked ? " (the broker blocked the connection: resource alarm)" : "");
+			c->usable = false;
+			return false;
+		}
+		(void) WaitLatchOrSocket(MyLatch,
+								 WL_LATCH_SET | WL_SOCKET_READABLE | WL_TIMEOUT |
+								 WL_EXIT_ON_PM_DEATH,
+								 fd, Min(remaining, 10), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (!drain_ready(c, bs, deadline))
+			return false;
+	}
+}
+
+/*
  * publish_some: publish msgs[idx[0..n)] and read the broker's frames until
  * each has an outcome, the deadline passes, or the channel or connection
  * closes.
@@ -1034,6 +1179,8 @@ publish_some(SbAmqp *c, SbMessage *msgs, const int *idx, int n, bool mandatory,
 		amqp_bytes_t body;
 		int			status;
 
+		if (!wait_for_send_space(c, &bs, m, deadline))
+			break;
 		if (c->blocked)
 		{
 			/* resource alarm: publish nothing more on this connection */
@@ -1059,7 +1206,7 @@ publish_some(SbAmqp *c, SbMessage *msgs, const int *idx, int n, bool mandatory,
 		bs.unresolved++;
 		c->next_tag++;
 
-		if ((bs.npublished % 128) == 0 && !drain_ready(c, &bs, deadline))
+		if ((bs.npublished % 16) == 0 && !drain_ready(c, &bs, deadline))
 			break;
 	}
 

@@ -30,6 +30,7 @@
 #include "catalog/index.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -146,33 +147,48 @@ move_to_dead_letters(const SbSignal *sig, const char *qualname, SbMessage *msgs,
 	Oid			extowner;
 	Oid			save_userid;
 	int			save_sec;
-	char	   *sql;
-	Oid			argtypes[5] = {OIDOID, TIDOID, TEXTOID, INT4OID, TIMESTAMPTZOID};
+	char	   *read_sql;
+	char	   *insert_sql;
+	Oid			read_types[1] = {TIDOID};
+	Oid			insert_types[5] = {OIDOID, TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID};
 	int			i;
 
 	if (!sb_extension_info(&nspid, &extowner))
 		elog(ERROR, "extension \"%s\" is not installed", SIGNALBUS_EXTNAME);
-	sql = psprintf("INSERT INTO %s.signalbus_dead_letters "
-				   "(signal, \"row\", error, attempts, first_failed_at, last_failed_at) "
-				   "SELECT $1::pg_catalog.oid::pg_catalog.regclass, pg_catalog.to_jsonb(sb.*), "
-				   "$3, $4, $5, pg_catalog.now() FROM ONLY %s AS sb "
-				   "WHERE sb.ctid OPERATOR(pg_catalog.=) $2",
-				   quote_identifier(get_namespace_name(nspid)), qualname);
 
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(extowner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	/* the row as jsonb is built by the table's owner's code, as its owner */
+	read_sql = psprintf("SELECT pg_catalog.to_jsonb(sb.*)::pg_catalog.text FROM ONLY %s AS sb "
+						"WHERE sb.ctid OPERATOR(pg_catalog.=) $1", qualname);
+	insert_sql = psprintf("INSERT INTO %s.signalbus_dead_letters "
+						  "(signal, \"row\", error, attempts, first_failed_at, last_failed_at) "
+						  "VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2::pg_catalog.jsonb, "
+						  "$3, $4, $5, pg_catalog.now())",
+						  quote_identifier(get_namespace_name(nspid)));
+
 	for (i = 0; i < ndead; i++)
 	{
 		SbMessage  *m = &msgs[dead[i]];
+		Datum		read_args[1];
 		Datum		args[5];
+		char	   *row;
 		int			ret;
 
+		read_args[0] = PointerGetDatum(&m->tid);
+		ret = SPI_execute_with_args(read_sql, 1, read_types, read_args, NULL, false, 1);
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
+			continue;			/* the row is gone: nothing to set aside */
+		row = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		/* only writing the extension's own table needs its owner */
 		args[0] = ObjectIdGetDatum(sig->relid);
-		args[1] = PointerGetDatum(&m->tid);
+		args[1] = CStringGetTextDatum(row);
 		args[2] = CStringGetTextDatum(m->error ? m->error : "failed");
 		args[3] = Int32GetDatum(attempts[i]);
 		args[4] = TimestampTzGetDatum(first[i]);
-		ret = SPI_execute_with_args(sql, 5, argtypes, args, NULL, false, 0);
+		GetUserIdAndSecContext(&save_userid, &save_sec);
+		SetUserIdAndSecContext(extowner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+		ret = SPI_execute_with_args(insert_sql, 5, insert_types, args, NULL, false, 0);
+		SetUserIdAndSecContext(save_userid, save_sec);
 		if (ret != SPI_OK_INSERT)
 			elog(ERROR, "signalbus: could not write signalbus_dead_letters: %s",
 				 SPI_result_code_string(ret));
@@ -181,7 +197,6 @@ move_to_dead_letters(const SbSignal *sig, const char *qualname, SbMessage *msgs,
 						DatumGetCString(DirectFunctionCall1(tidout, PointerGetDatum(&m->tid))),
 						sig->relname, attempts[i], m->error ? m->error : "failed")));
 	}
-	SetUserIdAndSecContext(save_userid, save_sec);
 }
 
 /*
@@ -229,7 +244,22 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 		result->last_tid = *after;
 
 	/* the table may have been dropped since the registrations were read */
-	rel = try_relation_open(sig->relid, RowExclusiveLock);
+	if (retry != NULL)
+	{
+		/*
+		 * The worker serves every table of its database: a table locked by
+		 * someone else (CREATE INDEX, VACUUM FULL, ALTER TABLE) waits for the
+		 * next sweep instead of stopping them all.
+		 */
+		if (!ConditionalLockRelationOid(sig->relid, RowExclusiveLock))
+		{
+			result->busy = true;
+			return;
+		}
+		rel = try_relation_open(sig->relid, NoLock);
+	}
+	else
+		rel = try_relation_open(sig->relid, RowExclusiveLock);
 	if (rel == NULL)
 		return;
 	initStringInfo(&select_list);

@@ -23,6 +23,7 @@ char	   *signalbus_tls_ca_file = NULL;
 char	   *signalbus_tls_cert_file = NULL;
 char	   *signalbus_tls_key_file = NULL;
 char	   *signalbus_tls_key_password = NULL;
+char	   *signalbus_tls_key_password_file = NULL;
 bool		signalbus_tls_verify_peer = true;
 bool		signalbus_tls_verify_hostname = true;
 
@@ -37,6 +38,8 @@ check_amqp_url(char **newval, void **extra, GucSource source)
 
 	if (*newval == NULL || sb_amqp_url_is_valid(*newval, &detail))
 		return true;
+	/* PostgreSQL's own message would quote the value, password and all */
+	GUC_check_errmsg("invalid value for parameter \"%s\"", "signalbus.amqp_url");
 	GUC_check_errdetail("%s", detail);
 	return false;
 }
@@ -171,6 +174,15 @@ sb_guc_init(void)
 							   "",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("signalbus.tls_key_password_file",
+							   "File whose first line is the passphrase of the client's private key.",
+							   "Keeps the passphrase out of the configuration files and the server log.",
+							   &signalbus_tls_key_password_file,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("signalbus.tls_verify_peer",

@@ -53,6 +53,8 @@ extern char *signalbus_tls_ca_file;
 extern char *signalbus_tls_cert_file;
 extern char *signalbus_tls_key_file;
 extern char *signalbus_tls_key_password;
+extern char *signalbus_tls_key_password_file;
+extern char *sb_amqp_settings_signature(void);
 extern bool signalbus_tls_verify_peer;
 extern bool signalbus_tls_verify_hostname;
 extern void sb_guc_init(void);

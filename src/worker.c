@@ -45,7 +45,7 @@
 static SbSlot *slot = NULL;
 static SbAmqp *conn = NULL;
 static SbRetry *retry = NULL;
-static char *conn_url = NULL;	/* the URL conn was opened with */
+static char *conn_url = NULL;	/* the settings conn was opened with */
 static MemoryContext catalog_cxt = NULL;	/* the list of signal tables */
 static MemoryContext loop_cxt = NULL;	/* reset every iteration */
 static List *signals = NIL;
@@ -538,7 +538,8 @@ signalbus_worker_main(Datum arg)
 				next_sweep = Min(next_sweep,
 								 TimestampTzPlusMilliseconds(last_sweep,
 															 signalbus_flush_interval));
-			if (conn_url == NULL || strcmp(conn_url, signalbus_amqp_url) != 0)
+			if (conn_url == NULL ||
+				strcmp(conn_url, sb_amqp_settings_signature()) != 0)
 			{
 				disconnect();
 				backoff_until = 0;
@@ -593,7 +594,8 @@ signalbus_worker_main(Datum arg)
 				conn = sb_amqp_connect(signalbus_amqp_url, name);
 				if (conn_url)
 					pfree(conn_url);
-				conn_url = MemoryContextStrdup(TopMemoryContext, signalbus_amqp_url);
+				conn_url = MemoryContextStrdup(TopMemoryContext,
+											   sb_amqp_settings_signature());
 			}
 			PG_CATCH();
 			{
