@@ -389,15 +389,20 @@ sub write_password
 	no_secret_in('signalbus_status', 'rotated broker password', 'password rotated again');
 }
 
-# Rotating the key passphrase by a reload (there is no file for it): the
-# server log must not receive it
+# Rotating the key passphrase by a reload, through
+# signalbus.tls_key_password_file: the server log must not receive it
 {
 	my $off = -s $node->logfile;
+	open(my $kfh, '>', "$dir/keypass") or die "$dir/keypass: $!";
+	print $kfh "$KP_NEW\n";
+	close($kfh);
+	chmod 0600, "$dir/keypass";
 	conf(
 		'signalbus.amqp_url' => "amqps://sb110\@localhost:$SPORT/%2f",
 		'signalbus.amqp_password_file' => "$dir/password",
 		'signalbus.tls_key_file' => "$dir/enc2.key",
-		'signalbus.tls_key_password' => $KP_NEW);
+		'signalbus.tls_key_password' => '',
+		'signalbus.tls_key_password_file' => "$dir/keypass");
 	my ($out, $err) = sql_as('postgres', 'postgres', q{SELECT signalbus_flush('s')});
 	is($out, '0', 'signalbus_flush() connects with the rotated key and passphrase') or diag($err);
 	no_secret_in_text('server log after rotating the key passphrase by reload', log_since($off),
