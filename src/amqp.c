@@ -515,6 +515,13 @@ sb_amqp_connect(const char *url, const char *connection_name)
 			snprintf(c->error + len, sizeof(c->error) - len, ": %s", buf);
 			ERR_clear_error();
 		}
+		else if (info.ssl && !is_set(signalbus_tls_cert_file))
+		{
+			size_t		len = strlen(c->error);
+
+			snprintf(c->error + len, sizeof(c->error) - len,
+					 " (the broker may require a client certificate: see signalbus.tls_cert_file)");
+		}
 		goto fail;
 	}
 	if (!open_channel(c))

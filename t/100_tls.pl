@@ -170,7 +170,7 @@ is( $node->safe_psql(
 		'postgres',
 		"SELECT string_agg(name || ':' || context, ' ' ORDER BY name) FROM pg_settings WHERE name LIKE 'signalbus.tls%'"
 	),
-	'signalbus.tls_ca_file:sighup signalbus.tls_cert_file:sighup signalbus.tls_key_file:sighup signalbus.tls_verify_hostname:sighup signalbus.tls_verify_peer:sighup',
+	'signalbus.tls_ca_file:sighup signalbus.tls_cert_file:sighup signalbus.tls_key_file:sighup signalbus.tls_key_password_file:sighup signalbus.tls_verify_hostname:sighup signalbus.tls_verify_peer:sighup',
 	'the TLS settings are sighup (tls_key_password is hidden from pg_settings)');
 
 # A session cannot switch verification off for itself.
