@@ -182,22 +182,33 @@ RETURNS bigint
 LANGUAGE sql
 AS $$ SELECT @extschema@.signalbus_requeue(signal::pg_catalog.regclass) $$;
 
-CREATE FUNCTION signalbus_pending_counts(OUT signal regclass, OUT pending bigint)
+CREATE FUNCTION signalbus_pending_counts(OUT signal regclass, OUT pending bigint,
+                                         OUT oldest_age interval)
 RETURNS SETOF record
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r record;
+    r  record;
+    ts boolean := pg_catalog.current_setting('track_commit_timestamp')::boolean;
 BEGIN
     FOR r IN SELECT s.signal FROM @extschema@.signalbus_registrations s
              JOIN pg_catalog.pg_class c ON c.oid = s.signal
              ORDER BY c.relname, s.signal
     LOOP
         signal := r.signal;
+        oldest_age := NULL;
         BEGIN
-            EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM ONLY %s', r.signal)
-               INTO pending;
+            IF ts THEN
+                -- the age of the oldest pending row: since its commit
+                EXECUTE pg_catalog.format(
+                    'SELECT pg_catalog.count(*), pg_catalog.now() OPERATOR(pg_catalog.-) '
+                    'pg_catalog.min(pg_catalog.pg_xact_commit_timestamp(xmin)) FROM ONLY %s', r.signal)
+                   INTO pending, oldest_age;
+            ELSE
+                EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM ONLY %s', r.signal)
+                   INTO pending;
+            END IF;
         EXCEPTION WHEN insufficient_privilege THEN
             pending := NULL;    -- a table (or schema) the caller may not read
         END;
@@ -214,7 +225,7 @@ CREATE VIEW signalbus_signals AS
     FROM signalbus_registrations;
 
 CREATE VIEW signalbus_pending AS
-    SELECT signal, pending FROM signalbus_pending_counts();
+    SELECT signal, pending, oldest_age FROM signalbus_pending_counts();
 
 CREATE VIEW signalbus_status AS
     SELECT database, pid, state, broker, sent, failed, overflows, queued,

@@ -1133,7 +1133,11 @@ wait_for_send_space(SbAmqp *c, BurstState *bs, SbMessage *m,
 
 		if (ioctl(fd, SIOCOUTQ, &queued) != 0)
 			return true;
-		if (queued == 0 || sndbuf - queued >= need)
+		/*
+		 * SO_SNDBUF counts the kernel's bookkeeping too (it reports twice
+		 * the bytes it promises): leave a wide margin.
+		 */
+		if (queued == 0 || queued + need <= sndbuf / 2)
 			return true;
 		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 		if (remaining <= 0)
