@@ -515,11 +515,14 @@ sb_amqp_connect(const char *url, const char *connection_name)
 			snprintf(c->error + len, sizeof(c->error) - len, ": %s", buf);
 			ERR_clear_error();
 		}
-		else if (info.ssl && !is_set(signalbus_tls_cert_file))
+		else if (info.ssl)
 		{
 			size_t		len = strlen(c->error);
 
-			snprintf(c->error + len, sizeof(c->error) - len,
+			/* the alert's reason is not always left in OpenSSL's queue */
+			snprintf(c->error + len, sizeof(c->error) - len, "%s",
+					 is_set(signalbus_tls_cert_file) ?
+					 " (the broker may have refused the client certificate)" :
 					 " (the broker may require a client certificate: see signalbus.tls_cert_file)");
 		}
 		goto fail;
