@@ -58,7 +58,7 @@ static TimestampTz backoff_until = 0;
 static TimestampTz next_sweep = 0;
 static TimestampTz last_sweep = 0;	/* when the last full sweep started */
 static bool sweep_everything = true;
-static bool ever_connected = false;
+static char *logged_connection = NULL;	/* settings last logged as connected */
 
 /* what was last logged, so that a repeated failure is logged once */
 static char logged_broker_error[SB_ERROR_LEN] = "";
@@ -608,7 +608,14 @@ signalbus_worker_main(Datum arg)
 			PG_END_TRY();
 			if (conn == NULL)
 				continue;
-			if (!ever_connected || logged_broker_error[0] != '\0')
+			/*
+			 * Say "connected" for a new broker (or new settings) only: a
+			 * reconnection to the same one is told by broker_succeeded() once
+			 * a burst goes through, so a broker that accepts connections but
+			 * keeps failing them (a resource alarm) is logged once, not twice
+			 * per attempt.
+			 */
+			if (logged_connection == NULL || strcmp(logged_connection, conn_url) != 0)
 			{
 				char	   *display = sb_amqp_display_url(signalbus_amqp_url);
 
@@ -616,8 +623,10 @@ signalbus_worker_main(Datum arg)
 						(errmsg("signalbus worker for database \"%s\" connected to %s",
 								slot->dbname, display)));
 				logged_broker_error[0] = '\0';
+				if (logged_connection)
+					pfree(logged_connection);
+				logged_connection = MemoryContextStrdup(TopMemoryContext, conn_url);
 			}
-			ever_connected = true;
 			backoff_attempts = 0;
 			backoff_until = 0;
 		}
