@@ -45,7 +45,7 @@
 static SbSlot *slot = NULL;
 static SbAmqp *conn = NULL;
 static SbRetry *retry = NULL;
-static char *conn_url = NULL;	/* the settings conn was opened with */
+static char *conn_settings = NULL;	/* the settings conn was opened with */
 static MemoryContext catalog_cxt = NULL;	/* the list of signal tables */
 static MemoryContext loop_cxt = NULL;	/* reset every iteration */
 static List *signals = NIL;
@@ -538,8 +538,8 @@ signalbus_worker_main(Datum arg)
 				next_sweep = Min(next_sweep,
 								 TimestampTzPlusMilliseconds(last_sweep,
 															 signalbus_flush_interval));
-			if (conn_url == NULL ||
-				strcmp(conn_url, sb_amqp_settings_signature()) != 0)
+			if (conn_settings == NULL ||
+				strcmp(conn_settings, sb_amqp_settings_signature()) != 0)
 			{
 				disconnect();
 				backoff_until = 0;
@@ -592,9 +592,9 @@ signalbus_worker_main(Datum arg)
 											slot->dbname);
 
 				conn = sb_amqp_connect(signalbus_amqp_url, name);
-				if (conn_url)
-					pfree(conn_url);
-				conn_url = MemoryContextStrdup(TopMemoryContext,
+				if (conn_settings)
+					pfree(conn_settings);
+				conn_settings = MemoryContextStrdup(TopMemoryContext,
 											   sb_amqp_settings_signature());
 			}
 			PG_CATCH();
@@ -615,7 +615,7 @@ signalbus_worker_main(Datum arg)
 			 * keeps failing them (a resource alarm) is logged once, not twice
 			 * per attempt.
 			 */
-			if (logged_connection == NULL || strcmp(logged_connection, conn_url) != 0)
+			if (logged_connection == NULL || strcmp(logged_connection, conn_settings) != 0)
 			{
 				char	   *display = sb_amqp_display_url(signalbus_amqp_url);
 
@@ -625,7 +625,7 @@ signalbus_worker_main(Datum arg)
 				logged_broker_error[0] = '\0';
 				if (logged_connection)
 					pfree(logged_connection);
-				logged_connection = MemoryContextStrdup(TopMemoryContext, conn_url);
+				logged_connection = MemoryContextStrdup(TopMemoryContext, conn_settings);
 			}
 			backoff_attempts = 0;
 			backoff_until = 0;

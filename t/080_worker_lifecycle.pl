@@ -59,43 +59,9 @@ sub ids_from
 	return join(',', sort { $a <=> $b } map { body_json($_)->{id} } @$m);
 }
 
-sub worker_lines
-{
-	my ($from) = @_;
-	return grep { /signalbus worker for database "postgres"/ }
-	  split /\n/, slurp_file($node->logfile, $from);
-}
 
-# SIGSTOP the worker while it waits on its latch: then it holds no lock, no
-# LWLock (committing backends would hang on the slot's) and is in no
-# transaction; retry if it was caught doing something else
-my $frozen;
-END { kill 'CONT', $frozen if $frozen; }
 
-sub freeze_worker
-{
-	for my $try (1 .. 100)
-	{
-		my $pid = status('pid');
-		die "no worker pid" unless $pid =~ /^\d+$/;
-		kill 'STOP', $pid or die "kill -STOP $pid: $!";
-		$frozen = $pid;
-		return $pid
-		  if $node->safe_psql('mon', qq{
-			SELECT (SELECT wait_event FROM pg_stat_activity WHERE pid = $pid) = 'Extension'
-			   AND NOT EXISTS (SELECT FROM pg_locks WHERE pid = $pid)}) eq 't';
-		kill 'CONT', $pid;
-		$frozen = undef;
-		sleep 0.05;
-	}
-	die 'could not catch the worker waiting on its latch';
-}
 
-sub thaw_worker
-{
-	kill 'CONT', $frozen if $frozen;
-	$frozen = undef;
-}
 
 $node->safe_psql('postgres', qq{
 	CREATE EXTENSION signalbus;
@@ -119,13 +85,13 @@ ok(wait_for_sql($node, 'SELECT count(*) FROM s080', '0'), 'table drained');
 # --- SIGKILL: crash-restart -------------------------------------------------
 wait_status("state = 'idle'", 'worker idle before SIGKILL');
 my $offset = -s $node->logfile;
-my $pid2 = freeze_worker();
+my $pid2 = freeze_worker($node, 'mon');
 # queued for a worker that will never pop them
 $node->safe_psql('postgres',
 	"INSERT INTO s080 SELECT g, 'before sigkill' FROM generate_series(11, 20) g");
 is(status('queued'), '10', 'rows queued for the frozen worker');
 kill 'KILL', $pid2;
-$frozen = undef;
+thaw_worker();    # (it is dead: this only forgets it)
 # the server is unavailable for a moment: retry through connection failures
 my $deadline = time + 60;
 my $newpid = '';
@@ -159,9 +125,9 @@ wait_status("state = 'waiting for extension'",
 is(status('pid'), $pid3, 'same worker');
 $node->safe_psql('postgres',
 	"INSERT INTO s080 SELECT g, 'no extension' FROM generate_series(22, 25) g");
-my @l1 = worker_lines($offset);
+my @l1 = worker_log_lines($node, $offset);
 sleep 3;    # three flush intervals
-my @l2 = worker_lines($offset);
+my @l2 = worker_log_lines($node, $offset);
 is(status('state || \' \' || pid'), "waiting for extension $pid3",
 	'still waiting, same pid after 3 s (no crash loop)');
 note "worker log lines after DROP EXTENSION:\n" . join("\n", @l2);
@@ -192,7 +158,7 @@ $node->safe_psql('postgres', qq{
 wait_status("state = 'idle'", 'worker idle with the new tables');
 $offset = -s $node->logfile;
 my $err_before = status('coalesce(last_error_at::text, \'-\')');
-my $pid4 = freeze_worker();
+my $pid4 = freeze_worker($node, 'mon');
 $node->safe_psql('postgres', q{
 	INSERT INTO s080d SELECT g FROM generate_series(1, 5) g;
 	INSERT INTO s080t SELECT g FROM generate_series(1, 5) g;
@@ -218,7 +184,7 @@ is( $node->safe_psql('postgres',
 sleep 2.5;    # a couple of sweeps
 is(queue_length($QT), 0, 'no truncated row was ever sent');
 is(queue_length($QD), 0, 'nothing of the dropped table was sent');
-my @lines = worker_lines($offset);
+my @lines = worker_log_lines($node, $offset);
 note "worker log lines after DROP/TRUNCATE:\n" . join("\n", @lines);
 cmp_ok(scalar @lines, '<=', 1, 'no error loop in the log');
 my $err_at_1 = status('coalesce(last_error_at::text, \'-\')');

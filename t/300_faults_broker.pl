@@ -105,40 +105,6 @@ sub dead_letters
 		'SELECT count(*) FROM signalbus_dead_letters');
 }
 
-# Read everything $queue holds; check that every id in @$ids arrived at
-# least once and nothing else did; note (and return) the duplicates.
-sub check_arrived
-{
-	my ($queue, $ids, $what) = @_;
-	my %want = map { $_ => 1 } @$ids;
-	my $msgs = get_messages($queue, count => scalar(@$ids), timeout => 60);
-	push @$msgs, @{ get_messages($queue) };
-	my %seen;
-	$seen{ body_json($_)->{id} }++ for @$msgs;
-	my @missing = grep { !$seen{$_} } @$ids;
-	my @unexpected = grep { !$want{$_} } sort { $a <=> $b } keys %seen;
-	my $dups = @$msgs - keys %seen;
-	is(scalar(@missing), 0, "$what: every committed id arrived (lost: "
-		  . scalar(@missing) . ')')
-	  or diag "the broker held "
-	  . scalar(@$msgs)
-	  . ' messages ('
-	  . scalar(keys %seen)
-	  . ' distinct ids) for '
-	  . scalar(@$ids)
-	  . ' committed rows; missing ids (first 20): '
-	  . join(',', @missing[ 0 .. ($#missing < 19 ? $#missing : 19) ]);
-	is("@unexpected[0 .. ($#unexpected < 19 ? $#unexpected : 19)]",
-		'', "$what: no unexpected id");
-	note "$what: "
-	  . scalar(@$msgs)
-	  . ' messages for '
-	  . scalar(@$ids)
-	  . " committed rows: $dups duplicates ("
-	  . scalar(grep { $seen{$_} > 1 } keys %seen)
-	  . ' ids more than once)';
-	return $dups;
-}
 
 sub broker_port_open
 {
@@ -186,7 +152,7 @@ my $N = 6000;
 		'table drained after start_app');
 	$report{stop_app} = sprintf '%.1f s', time - $t0;
 	note "stop_app: drained $report{stop_app} after start_app";
-	my $d = check_arrived($Q, [ 1 .. $N + 500 ], 'stop_app during a burst');
+	my ($d) = check_arrived($Q, [ 1 .. $N + 500 ], 'stop_app during a burst');
 	$report{stop_app} .= ", $d duplicates";
 	is(dead_letters(), '0', 'stop_app: no row dead-lettered (an outage is not the row\'s fault)');
 }
@@ -274,7 +240,7 @@ END
 		'table drained after the node restarted');
 	$report{kill9} = sprintf '%.1f s', time - $t1;
 	note "SIGKILL: drained $report{kill9} after the node was back";
-	my $d = check_arrived($Q, [ 1 .. $N + 500 ], 'broker SIGKILL mid-drain');
+	my ($d) = check_arrived($Q, [ 1 .. $N + 500 ], 'broker SIGKILL mid-drain');
 	$report{kill9} .= ", $d duplicates";
 	is(dead_letters(), '0', 'SIGKILL: no row dead-lettered');
 }
@@ -312,7 +278,7 @@ END
 	my $t0 = time;
 	ok(wait_for_sql($node, "SELECT count(*) FROM $T", '0', 60), 'table drained');
 	$report{close} = sprintf '%.1f s after the last close', time - $t0;
-	my $d = check_arrived($Q, [ 1 .. $n ], 'close_all_connections x5');
+	my ($d) = check_arrived($Q, [ 1 .. $n ], 'close_all_connections x5');
 	$report{close} .= ", $d duplicates";
 	is(dead_letters(), '0', 'close_all_connections: no row dead-lettered');
 }
@@ -430,7 +396,7 @@ $watermark = '0.4' unless $watermark =~ /^\d*\.?\d+$/;
 	ok(wait_for_sql($node, "SELECT count(*) FROM $T", '0', 60),
 		'4a: table drained once the alarm cleared');
 	$report{alarm_small} = sprintf '%.1f s after the alarm cleared', time - $t1;
-	my $d = check_arrived($Q, [ 1 .. $n ], '4a: memory alarm, small bursts');
+	my ($d) = check_arrived($Q, [ 1 .. $n ], '4a: memory alarm, small bursts');
 	$report{alarm_small} .= ", $d duplicates";
 }
 
@@ -494,7 +460,7 @@ is(dead_letters(), '0', 'memory alarm: no row dead-lettered');
 # --- the server log: no crash, no flood --------------------------------------------
 my $log = slurp_file($node->logfile);
 unlike($log, qr/terminated by signal/, 'no process crashed');
-my @worker_lines = grep { /signalbus worker for database "postgres"/ } split /\n/, $log;
+my @worker_lines = worker_log_lines($node);
 note scalar(@worker_lines) . " worker log lines in all:\n" . join("\n", @worker_lines);
 cmp_ok(scalar @worker_lines, '<', 60, 'no log flood');
 note "recovery: $_: $report{$_}" for sort keys %report;

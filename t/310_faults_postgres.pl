@@ -129,76 +129,10 @@ sub dead_letters
 	return sql_retry('SELECT count(*) FROM signalbus_dead_letters');
 }
 
-# Read everything $queue holds; check that every id in @$ids arrived at
-# least once and nothing else did; note the duplicates.  Returns the
-# messages.
-sub check_arrived
-{
-	my ($queue, $ids, $what) = @_;
-	my %want = map { $_ => 1 } @$ids;
-	my $msgs = get_messages($queue, count => scalar(@$ids), timeout => 60);
-	push @$msgs, @{ get_messages($queue) };
-	my %seen;
-	$seen{ body_json($_)->{id} }++ for @$msgs;
-	my @missing = grep { !$seen{$_} } @$ids;
-	my @unexpected = grep { !$want{$_} } sort { $a <=> $b } keys %seen;
-	my $dups = @$msgs - keys %seen;
-	is(scalar(@missing), 0,
-		"$what: every committed id arrived (lost: " . scalar(@missing) . ')')
-	  or diag "the broker held "
-	  . scalar(@$msgs)
-	  . ' messages ('
-	  . scalar(keys %seen)
-	  . ' distinct ids) for '
-	  . scalar(@$ids)
-	  . ' committed rows; missing ids (first 20): '
-	  . join(',', @missing[ 0 .. ($#missing < 19 ? $#missing : 19) ]);
-	is("@unexpected[0 .. ($#unexpected < 19 ? $#unexpected : 19)]",
-		'', "$what: no unexpected id");
-	note "$what: "
-	  . scalar(@$msgs)
-	  . ' messages for '
-	  . scalar(@$ids)
-	  . " committed rows: $dups duplicates";
-	return $msgs;
-}
 
-sub worker_lines
-{
-	my ($from) = @_;
-	return grep { /signalbus worker for database "postgres"/ }
-	  split /\n/, slurp_file($node->logfile, $from);
-}
 
-# SIGSTOP the worker while it waits on its latch (holding no lock), as
-# t/080_worker_lifecycle.pl does
-my $frozen;
-END { kill 'CONT', $frozen if $frozen; }
 
-sub freeze_worker
-{
-	for my $try (1 .. 100)
-	{
-		my $pid = status('pid');
-		die "no worker pid" unless $pid =~ /^\d+$/;
-		kill 'STOP', $pid or die "kill -STOP $pid: $!";
-		$frozen = $pid;
-		return $pid
-		  if $node->safe_psql('postgres', qq{
-			SELECT (SELECT wait_event FROM pg_stat_activity WHERE pid = $pid) = 'Extension'
-			   AND NOT EXISTS (SELECT FROM pg_locks WHERE pid = $pid)}) eq 't';
-		kill 'CONT', $pid;
-		$frozen = undef;
-		sleep 0.05;
-	}
-	die 'could not catch the worker waiting on its latch';
-}
 
-sub thaw_worker
-{
-	kill 'CONT', $frozen if $frozen;
-	$frozen = undef;
-}
 
 my %report;
 my $N = 6000;
@@ -235,7 +169,7 @@ my $N = 6000;
 	insert_ids($T, $N + 1, $N + 500);
 	drained($T, 'worker SIGKILL');
 	$report{worker_sigkill} = sprintf '%.1f s from SIGKILL to drained', time - $t0;
-	my $m = check_arrived($Q, [ 1 .. $N + 500 ], 'worker SIGKILL mid-drain');
+	my (undef, $m) = check_arrived($Q, [ 1 .. $N + 500 ], 'worker SIGKILL mid-drain');
 	$report{worker_sigkill} .= ', ' . (@$m - $N - 500) . ' duplicates';
 	is(dead_letters(), '0', 'worker SIGKILL: no row dead-lettered');
 }
@@ -255,7 +189,7 @@ my $N = 6000;
 	unpace($T);
 	drained($T, 'immediate shutdown');
 	$report{immediate} = sprintf '%.1f s from the shutdown to drained', time - $t0;
-	my $m = check_arrived($Q, [ 1 .. $N ], 'immediate shutdown mid-drain');
+	my (undef, $m) = check_arrived($Q, [ 1 .. $N ], 'immediate shutdown mid-drain');
 	$report{immediate} .= ', ' . (@$m - $N) . ' duplicates';
 	is(dead_letters(), '0', 'immediate shutdown: no row dead-lettered');
 }
@@ -267,7 +201,7 @@ my $N = 6000;
 	wait_status("state = 'idle'", 'worker idle');
 
 	# committed rows queued for the (frozen) worker; two sessions lock some
-	freeze_worker();
+	freeze_worker($node);
 	insert_ids($T, 1, 1005);
 	my $s1 = $node->background_psql('postgres');
 	my $s2 = $node->background_psql('postgres');
@@ -291,7 +225,7 @@ my $N = 6000;
 	sleep 2.5;    # two or three sweeps meet the locked rows
 	is(queue_length($Q), 0, 'the sweeps skip the locked rows (nothing else sent)');
 	isnt(status('state'), 'backoff', 'the worker is not backing off');
-	is(scalar(worker_lines($offset)), 0, 'no worker log line about the locked rows');
+	is(scalar(worker_log_lines($node, $offset)), 0, 'no worker log line about the locked rows');
 
 	my $t0 = time;
 	$s1->query_safe('COMMIT');
@@ -322,7 +256,7 @@ my $N = 6000;
 	drained($TO, 'ordered table before the lock');
 	wait_status("state = 'idle'", 'worker idle');
 
-	freeze_worker();
+	freeze_worker($node);
 	insert_ids($TO, 11, 20);
 	my $s = $node->background_psql('postgres');
 	$s->query_safe("BEGIN; SELECT id FROM $TO WHERE id = 11 FOR UPDATE");
@@ -436,7 +370,7 @@ my $pid_before = status('pid');
 	is(scalar(@bad), 0, 'DROP TABLE: what was sent of the dropped table is its own rows ('
 		  . scalar(@$m) . ' messages)');
 	sleep 1.5;    # a sweep after the drop
-	my @lines = worker_lines($offset);
+	my @lines = worker_log_lines($node, $offset);
 	note "worker log lines after DROP TABLE:\n" . join("\n", @lines);
 	cmp_ok(scalar(@lines), '<=', 1, 'DROP TABLE: no error loop in the log');
 }
@@ -466,7 +400,7 @@ my $pid_before = status('pid');
 	note 'TRUNCATE: ' . scalar(grep { $_ <= $N4 } keys %seen)
 	  . " of the $N4 truncated rows had been sent before it";
 	other_table_flows('TRUNCATE');
-	my @lines = worker_lines($offset);
+	my @lines = worker_log_lines($node, $offset);
 	cmp_ok(scalar(@lines), '<=', 1, 'TRUNCATE: no error loop in the log')
 	  or diag join("\n", @lines);
 }
@@ -485,7 +419,7 @@ my $pid_before = status('pid');
 		"INSERT INTO $T (id, v, extra) SELECT g, 'x', 'new' FROM generate_series($N4 + 1, $N4 + 100) g");
 	unpace($T);
 	drained($T, 'ADD COLUMN');
-	my $m = check_arrived($Q, [ 1 .. $N4 + 100 ], 'ADD COLUMN mid-drain');
+	my (undef, $m) = check_arrived($Q, [ 1 .. $N4 + 100 ], 'ADD COLUMN mid-drain');
 	my @wrong = grep {
 		my $b = body_json($_);
 		$b->{id} > $N4
@@ -522,7 +456,7 @@ my $pid_before = status('pid');
 	other_table_flows('priority altered to text');
 	sleep 2;    # two sweeps
 	is(pending($T), $p1, 'the table stays stopped while the type is wrong');
-	my @lines = worker_lines($offset);
+	my @lines = worker_log_lines($node, $offset);
 	note "worker log lines:\n" . join("\n", @lines);
 	cmp_ok(scalar(grep { /priority/ } @lines), '<=', 1,
 		'the wrong type is logged once, not once per sweep');
@@ -533,7 +467,7 @@ my $pid_before = status('pid');
 		"SET lock_timeout = '20s'; ALTER TABLE $T ALTER COLUMN priority TYPE int USING priority::int");
 	drained($T, 'priority altered back');
 	$report{alter_back} = sprintf '%.1f s from altering the type back to drained', time - $t0;
-	my $m = check_arrived($Q, [ 1 .. $N4 ], 'priority altered to text and back');
+	my (undef, $m) = check_arrived($Q, [ 1 .. $N4 ], 'priority altered to text and back');
 	my @wrong = grep { ($_->{properties}{priority} // -1) != body_json($_)->{id} % 10 } @$m;
 	is(scalar(@wrong), 0, 'every message carries its row\'s priority');
 	other_table_flows('priority altered back');

@@ -58,7 +58,8 @@ use PostgreSQL::Test::Cluster;
 
 use Exporter 'import';
 our @EXPORT = qw(amqp_url new_node declare_queue declare_exchange get_messages
-  body_json queue_length broker_ctl broker_stop broker_start wait_for_sql);
+  body_json queue_length broker_ctl broker_stop broker_start wait_for_sql
+  check_arrived freeze_worker thaw_worker worker_log_lines);
 
 BEGIN
 {
@@ -322,6 +323,106 @@ sub wait_for_sql
 	}
 	diag "wait_for_sql timed out: $query\nexpected: $expected\ngot: $out\nstderr: $err";
 	return 0;
+}
+
+=item check_arrived($queue, \@ids, $what)
+
+Reads everything C<$queue> holds (waiting up to 60 s for at least as many
+messages as ids) and asserts that every id in C<@ids> arrived at least once
+(C<"$what: every committed id arrived (lost: N)">) and that no other id did;
+notes the duplicates.  Returns the number of duplicate messages and the
+messages themselves.
+
+=cut
+
+sub check_arrived
+{
+	my ($queue, $ids, $what) = @_;
+	my %want = map { $_ => 1 } @$ids;
+	my $msgs = get_messages($queue, count => scalar(@$ids), timeout => 60);
+	push @$msgs, @{ get_messages($queue) };
+	my %seen;
+	$seen{ body_json($_)->{id} }++ for @$msgs;
+	my @missing = grep { !$seen{$_} } @$ids;
+	my @unexpected = grep { !$want{$_} } sort { $a <=> $b } keys %seen;
+	my $dups = @$msgs - keys %seen;
+	is(scalar(@missing), 0,
+		"$what: every committed id arrived (lost: " . scalar(@missing) . ')')
+	  or diag "the broker held "
+	  . scalar(@$msgs)
+	  . ' messages ('
+	  . scalar(keys %seen)
+	  . ' distinct ids) for '
+	  . scalar(@$ids)
+	  . ' committed rows; missing ids (first 20): '
+	  . join(',', @missing[ 0 .. ($#missing < 19 ? $#missing : 19) ]);
+	is("@unexpected[0 .. ($#unexpected < 19 ? $#unexpected : 19)]",
+		'', "$what: no unexpected id");
+	note "$what: "
+	  . scalar(@$msgs)
+	  . ' messages for '
+	  . scalar(@$ids)
+	  . " committed rows: $dups duplicates ("
+	  . scalar(grep { $seen{$_} > 1 } keys %seen)
+	  . ' ids more than once)';
+	return ($dups, $msgs);
+}
+
+=item freeze_worker($node, $dbname = 'postgres'), thaw_worker()
+
+SIGSTOPs the worker of database C<postgres> (its pid read from
+signalbus_status in C<$dbname>) while it waits on its latch: then it holds
+no lock and no LWLock (committing backends would hang on its slot's) and is
+in no transaction; retries if it was caught doing something else.
+thaw_worker() sends SIGCONT; so does the end of the script, whatever
+happens.
+
+=cut
+
+my $frozen;
+END { kill 'CONT', $frozen if $frozen; }
+
+sub freeze_worker
+{
+	my ($node, $dbname) = @_;
+	$dbname //= 'postgres';
+	for my $try (1 .. 100)
+	{
+		my $pid = $node->safe_psql($dbname,
+			"SELECT pid FROM signalbus_status WHERE database = 'postgres'");
+		die "no worker pid" unless $pid =~ /^\d+$/;
+		kill 'STOP', $pid or die "kill -STOP $pid: $!";
+		$frozen = $pid;
+		return $pid
+		  if $node->safe_psql($dbname, qq{
+			SELECT (SELECT wait_event FROM pg_stat_activity WHERE pid = $pid) = 'Extension'
+			   AND NOT EXISTS (SELECT FROM pg_locks WHERE pid = $pid)}) eq 't';
+		kill 'CONT', $pid;
+		$frozen = undef;
+		sleep 0.05;
+	}
+	die 'could not catch the worker waiting on its latch';
+}
+
+sub thaw_worker
+{
+	kill 'CONT', $frozen if $frozen;
+	$frozen = undef;
+	return;
+}
+
+=item worker_log_lines($node, $offset = 0)
+
+The server log's lines (from byte C<$offset>) written by the worker of
+database C<postgres>.
+
+=cut
+
+sub worker_log_lines
+{
+	my ($node, $from) = @_;
+	return grep { /signalbus worker for database "postgres"/ }
+	  split /\n/, PostgreSQL::Test::Utils::slurp_file($node->logfile, $from);
 }
 
 =back
