@@ -62,6 +62,10 @@ static char *logged_connection = NULL;	/* settings last logged as connected */
 
 /* what was last logged, so that a repeated failure is logged once */
 static char logged_broker_error[SB_ERROR_LEN] = "";
+static char recovered_error[SB_ERROR_LEN] = "";	/* the failure last recovered from */
+static TimestampTz recovered_at = 0;
+
+#define SB_FLAP_WINDOW_MS	60000
 typedef struct TableError
 {
 	Oid			relid;
@@ -130,7 +134,15 @@ broker_failed(const char *message)
 	slot->next_attempt_at = backoff_until;
 	LWLockRelease(slot->lock);
 
-	if (strcmp(logged_broker_error, message) != 0)
+	/*
+	 * The same failure again within a minute of a recovery is the same
+	 * episode (a broker that flaps, e.g. under a resource alarm): say it
+	 * once, not once per attempt.
+	 */
+	if (strcmp(logged_broker_error, message) != 0 &&
+		!(recovered_at != 0 &&
+		  !TimestampDifferenceExceeds(recovered_at, now, SB_FLAP_WINDOW_MS) &&
+		  strcmp(recovered_error, message) == 0))
 	{
 		ereport(LOG,
 				(errmsg("signalbus worker for database \"%s\": %s",
@@ -152,6 +164,8 @@ broker_succeeded(void)
 		ereport(LOG,
 				(errmsg("signalbus worker for database \"%s\": broker at %s reachable again",
 						slot->dbname, display)));
+		strlcpy(recovered_error, logged_broker_error, SB_ERROR_LEN);
+		recovered_at = GetCurrentTimestamp();
 		logged_broker_error[0] = '\0';
 	}
 }
