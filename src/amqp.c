@@ -3,10 +3,12 @@
  * amqp.c
  *		The broker connection: the only file that includes librabbitmq.
  *
- * A connection has one channel in confirm mode.  A burst is published
- * pipelined, then the broker's basic.ack / basic.nack / basic.return frames
- * are read until every message has an outcome or signalbus.confirm_timeout
- * has passed.  librabbitmq's calls block and do not return for PostgreSQL's
+ * A connection has one channel in confirm mode.  A burst's messages are
+ * written back to back (corked, so that the broker reads full segments),
+ * then the broker's basic.ack / basic.nack / basic.return frames are read
+ * until every message has an outcome or signalbus.confirm_timeout has
+ * passed.  The next burst may be written before the last one's verdicts
+ * are in: the frames are applied to every burst in flight.  librabbitmq's calls block and do not return for PostgreSQL's
  * signals, so every wait here is on the socket together with the process
  * latch, in bounded slices, with CHECK_FOR_INTERRUPTS() between them.
  *
@@ -53,6 +55,7 @@
 #define SB_WAIT_SLICE_MS		1000
 #define SB_FRAME_MAX			131072
 #define SB_SEND_TIMEOUT_S		10
+#define SB_MAX_IN_FLIGHT		4
 
 struct SbAmqp
 {
@@ -62,6 +65,11 @@ struct SbAmqp
 	bool		usable;
 	bool		blocked;		/* connection.blocked by a resource alarm */
 	uint64		next_tag;		/* delivery tag of the next publish */
+	SbPublish  *in_flight[SB_MAX_IN_FLIGHT];	/* bursts awaiting verdicts, oldest first */
+	int			nin_flight;
+	int			sndbuf;			/* the socket's SO_SNDBUF, when last asked */
+	bool		corked;			/* TCP_CORK set: writes held for one segment */
+	long		outq_bound;		/* at most this many bytes are unsent */
 	char	   *display_url;
 	char		error[SB_ERROR_LEN];
 };
@@ -200,6 +208,7 @@ destroy(SbAmqp *c)
 		amqp_destroy_connection(c->conn);
 	c->conn = NULL;
 	c->usable = false;
+	c->nin_flight = 0;
 }
 
 /*
@@ -849,53 +858,175 @@ next_frame(SbAmqp *c, TimestampTz deadline, amqp_frame_t *frame)
 	}
 }
 
-typedef struct BurstState
+/*
+ * A burst in flight: messages published on the current channel whose
+ * verdicts are still coming.  Up to SB_MAX_IN_FLIGHT bursts can be in
+ * flight at once (the flush engine publishes the next burst while the
+ * broker confirms the last one); the broker's frames are applied to all of
+ * them, wherever they are read.
+ */
+struct SbPublish
 {
 	SbMessage  *msgs;
 	SbOutcome  *outcomes;
+	int		   *idx;			/* its valid messages, in order */
+	int			nidx;
+	int			capacity;
 	int		   *by_tag;			/* message index of tag first_tag + k */
 	int			npublished;
 	uint64		first_tag;
 	int			unresolved;
 	int			low;			/* every k below is resolved */
-} BurstState;
+	bool		mandatory;
+	int			timeout_ms;
+	TimestampTz deadline;
+	bool		registered;		/* in c->in_flight */
+	bool		stopped;		/* publishing failed: publish no more */
+	bool		lost;			/* its channel closed before every verdict */
+	bool		suspect;		/* ... and the culprit may be one of its own */
+};
 
 static void
-resolve(BurstState *bs, uint64 tag, bool multiple, SbOutcome outcome)
+register_burst(SbAmqp *c, SbPublish *p)
+{
+	if (c->nin_flight >= SB_MAX_IN_FLIGHT)
+		elog(ERROR, "signalbus: too many bursts in flight");
+	c->in_flight[c->nin_flight++] = p;
+	p->registered = true;
+}
+
+static void
+unregister_burst(SbAmqp *c, SbPublish *p)
+{
+	int			i;
+
+	for (i = 0; i < c->nin_flight; i++)
+	{
+		if (c->in_flight[i] == p)
+		{
+			memmove(&c->in_flight[i], &c->in_flight[i + 1],
+					sizeof(SbPublish *) * (c->nin_flight - i - 1));
+			c->nin_flight--;
+			break;
+		}
+	}
+	p->registered = false;
+}
+
+/*
+ * cork, uncork: hold a burst's writes in the kernel while it is written,
+ * so that the broker reads it in full segments rather than a packet per
+ * message; let them go before waiting for anything.
+ */
+static void
+cork(SbAmqp *c)
+{
+	int			one = 1;
+	int			fd;
+
+	if (c->corked || c->conn == NULL)
+		return;
+	fd = amqp_get_sockfd(c->conn);
+	if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_CORK, &one, sizeof(one)) == 0)
+		c->corked = true;
+}
+
+static void
+uncork(SbAmqp *c)
+{
+	int			zero = 0;
+	int			fd;
+
+	if (!c->corked)
+		return;
+	c->corked = false;
+	fd = c->conn ? amqp_get_sockfd(c->conn) : -1;
+	if (fd >= 0)
+		(void) setsockopt(fd, IPPROTO_TCP, TCP_CORK, &zero, sizeof(zero));
+}
+
+/*
+ * sb_amqp_forget: forget the bursts in flight (their memory is about to go,
+ * after an error).  Their verdicts, if they still come, are ignored: they
+ * carry delivery tags below those of anything published later.
+ */
+void
+sb_amqp_forget(SbAmqp *c)
+{
+	if (c != NULL)
+	{
+		c->nin_flight = 0;
+		uncork(c);
+	}
+}
+
+/*
+ * sb_amqp_settled: whether another burst may be published now.  Not while
+ * a burst in flight lost its channel: it is published again when finished,
+ * and a burst published meanwhile on the same channel would share its fate
+ * (and be sent twice) should it hold the culprit again.
+ */
+bool
+sb_amqp_settled(SbAmqp *c)
+{
+	int			i;
+
+	for (i = 0; i < c->nin_flight; i++)
+		if (c->in_flight[i]->lost)
+			return false;
+	return true;
+}
+
+static void
+resolve(SbPublish *p, uint64 tag, bool multiple, SbOutcome outcome)
 {
 	int			k;
 
-	if (tag < bs->first_tag)
+	if (p->lost || tag < p->first_tag || p->npublished == 0)
 		return;
-	k = (int) (tag - bs->first_tag);
-	if (k >= bs->npublished)
-		k = bs->npublished - 1;
+	if (tag - p->first_tag >= (uint64) p->npublished)
+	{
+		if (!multiple)
+			return;				/* another burst's message */
+		k = p->npublished - 1;
+	}
+	else
+		k = (int) (tag - p->first_tag);
 	if (multiple)
 	{
 		int			j;
 
-		for (j = bs->low; j <= k; j++)
+		for (j = p->low; j <= k; j++)
 		{
-			int			i = bs->by_tag[j];
+			int			i = p->by_tag[j];
 
-			if (bs->outcomes[i] == SB_PENDING)
+			if (p->outcomes[i] == SB_PENDING)
 			{
-				bs->outcomes[i] = outcome;
-				bs->unresolved--;
+				p->outcomes[i] = outcome;
+				p->unresolved--;
 			}
 		}
-		bs->low = Max(bs->low, k + 1);
+		p->low = Max(p->low, k + 1);
 	}
 	else
 	{
-		int			i = bs->by_tag[k];
+		int			i = p->by_tag[k];
 
-		if (bs->outcomes[i] == SB_PENDING)
+		if (p->outcomes[i] == SB_PENDING)
 		{
-			bs->outcomes[i] = outcome;
-			bs->unresolved--;
+			p->outcomes[i] = outcome;
+			p->unresolved--;
 		}
 	}
+}
+
+static void
+resolve_all(SbAmqp *c, uint64 tag, bool multiple, SbOutcome outcome)
+{
+	int			i;
+
+	for (i = 0; i < c->nin_flight; i++)
+		resolve(c->in_flight[i], tag, multiple, outcome);
 }
 
 /*
@@ -905,8 +1036,7 @@ resolve(BurstState *bs, uint64 tag, bool multiple, SbOutcome outcome)
  * follow the method.
  */
 static bool
-handle_return(SbAmqp *c, BurstState *bs, amqp_basic_return_t *ret,
-			  TimestampTz deadline)
+handle_return(SbAmqp *c, amqp_basic_return_t *ret, TimestampTz deadline)
 {
 	amqp_frame_t frame;
 	char	   *exchange = pnstrdup(ret->exchange.bytes, ret->exchange.len);
@@ -915,12 +1045,14 @@ handle_return(SbAmqp *c, BurstState *bs, amqp_basic_return_t *ret,
 	uint64		body_size;
 	uint64		received = 0;
 	int			status;
-	int			j;
+	int			b;
+	bool		matched = false;
 
 	status = next_frame(c, deadline, &frame);
 	if (status != AMQP_STATUS_OK || frame.frame_type != AMQP_FRAME_HEADER)
 	{
 		set_error(c, "malformed basic.return from broker");
+		c->usable = false;
 		return false;
 	}
 	body_size = frame.payload.properties.body_size;
@@ -932,6 +1064,7 @@ handle_return(SbAmqp *c, BurstState *bs, amqp_basic_return_t *ret,
 			received + frame.payload.body_fragment.len > body_size)
 		{
 			set_error(c, "malformed basic.return from broker");
+			c->usable = false;
 			return false;
 		}
 		memcpy(body + received, frame.payload.body_fragment.bytes,
@@ -939,35 +1072,75 @@ handle_return(SbAmqp *c, BurstState *bs, amqp_basic_return_t *ret,
 		received += frame.payload.body_fragment.len;
 	}
 
-	for (j = bs->low; j < bs->npublished; j++)
+	for (b = 0; b < c->nin_flight && !matched; b++)
 	{
-		int			i = bs->by_tag[j];
-		SbMessage  *m = &bs->msgs[i];
+		SbPublish  *p = c->in_flight[b];
+		int			j;
 
-		if (bs->outcomes[i] == SB_PENDING &&
-			m->body_len == body_size &&
-			strcmp(m->exchange, exchange) == 0 &&
-			strcmp(m->routing_key, rkey) == 0 &&
-			memcmp(m->body, body, body_size) == 0)
+		if (p->lost)
+			continue;
+		for (j = p->low; j < p->npublished; j++)
 		{
-			bs->outcomes[i] = SB_RETURNED;
-			bs->unresolved--;
-			m->error = psprintf("returned by the broker: %u %.*s",
-								ret->reply_code, (int) ret->reply_text.len,
-								(char *) ret->reply_text.bytes);
-			break;
+			int			i = p->by_tag[j];
+			SbMessage  *m = &p->msgs[i];
+
+			if (p->outcomes[i] == SB_PENDING &&
+				m->body_len == body_size &&
+				strcmp(m->exchange, exchange) == 0 &&
+				strcmp(m->routing_key, rkey) == 0 &&
+				memcmp(m->body, body, body_size) == 0)
+			{
+				p->outcomes[i] = SB_RETURNED;
+				p->unresolved--;
+				m->error = psprintf("returned by the broker: %u %.*s",
+									ret->reply_code, (int) ret->reply_text.len,
+									(char *) ret->reply_text.bytes);
+				matched = true;
+				break;
+			}
 		}
 	}
 	pfree(body);
+	pfree(exchange);
+	pfree(rkey);
 	return true;
 }
 
 /*
- * handle_frame: apply one frame from the broker.  Returns false when the
- * burst cannot go on (channel or connection closed, protocol error).
+ * channel_closed: the broker closed the channel over a message.  Every
+ * burst in flight loses its pending verdicts.  The broker handles a
+ * channel's messages in order and stops at the culprit, so the culprit is
+ * in the earliest burst still waiting for a verdict; the bursts after it
+ * were never routed and can simply be published again.
+ */
+static void
+channel_closed(SbAmqp *c)
+{
+	bool		found = false;
+	int			i;
+
+	c->channel_open = false;
+	for (i = 0; i < c->nin_flight; i++)
+	{
+		SbPublish  *p = c->in_flight[i];
+
+		if (p->lost)
+			continue;
+		p->lost = true;
+		if (!found && p->unresolved > 0)
+		{
+			p->suspect = true;
+			found = true;
+		}
+	}
+}
+
+/*
+ * handle_frame: apply one frame from the broker.  Returns false when
+ * publishing cannot go on (channel or connection closed, protocol error).
  */
 static bool
-handle_frame(SbAmqp *c, BurstState *bs, amqp_frame_t *frame, TimestampTz deadline)
+handle_frame(SbAmqp *c, amqp_frame_t *frame, TimestampTz deadline)
 {
 	if (frame->frame_type != AMQP_FRAME_METHOD)
 		return true;			/* heartbeat or stray content */
@@ -981,18 +1154,18 @@ handle_frame(SbAmqp *c, BurstState *bs, amqp_frame_t *frame, TimestampTz deadlin
 			{
 				amqp_basic_ack_t *m = frame->payload.method.decoded;
 
-				resolve(bs, m->delivery_tag, m->multiple, SB_ACKED);
+				resolve_all(c, m->delivery_tag, m->multiple, SB_ACKED);
 				return true;
 			}
 		case AMQP_BASIC_NACK_METHOD:
 			{
 				amqp_basic_nack_t *m = frame->payload.method.decoded;
 
-				resolve(bs, m->delivery_tag, m->multiple, SB_NACKED);
+				resolve_all(c, m->delivery_tag, m->multiple, SB_NACKED);
 				return true;
 			}
 		case AMQP_BASIC_RETURN_METHOD:
-			return handle_return(c, bs, frame->payload.method.decoded, deadline);
+			return handle_return(c, frame->payload.method.decoded, deadline);
 		case AMQP_CHANNEL_CLOSE_METHOD:
 			{
 				amqp_channel_close_t *m = frame->payload.method.decoded;
@@ -1003,7 +1176,7 @@ handle_frame(SbAmqp *c, BurstState *bs, amqp_frame_t *frame, TimestampTz deadlin
 						  (char *) m->reply_text.bytes);
 				amqp_send_method(c->conn, frame->channel,
 								 AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
-				c->channel_open = false;
+				channel_closed(c);
 				return false;
 			}
 		case AMQP_CONNECTION_CLOSE_METHOD:
@@ -1084,11 +1257,31 @@ fill_properties(SbMessage *m, amqp_basic_properties_t *p)
 }
 
 /*
+ * frame_bytes: an upper bound of the bytes m takes on the wire, or -1 when
+ * that is not cheap to know (a headers table).
+ */
+static long
+frame_bytes(const SbMessage *m)
+{
+	long		n = (long) m->body_len + 128 +
+		strlen(m->exchange) + strlen(m->routing_key);
+	int			i;
+
+	if (m->headers != NULL)
+		return -1;
+	for (i = 0; i < SB_NPROPS; i++)
+		if (m->props[i] != NULL)
+			n += strlen(m->props[i]) + 1;
+	/* one body frame per SB_FRAME_MAX bytes, 8 bytes each */
+	return n + 8 * ((long) m->body_len / SB_FRAME_MAX + 1);
+}
+
+/*
  * drain_ready: apply the frames that have already arrived, without waiting,
  * so that confirms do not pile up while a long burst is written.
  */
 static bool
-drain_ready(SbAmqp *c, BurstState *bs, TimestampTz deadline)
+drain_ready(SbAmqp *c, TimestampTz deadline)
 {
 	struct timeval zero = {0, 0};
 	amqp_frame_t frame;
@@ -1105,7 +1298,7 @@ drain_ready(SbAmqp *c, BurstState *bs, TimestampTz deadline)
 			c->usable = false;
 			return false;
 		}
-		if (!handle_frame(c, bs, &frame, deadline))
+		if (!handle_frame(c, &frame, deadline))
 			return false;
 	}
 }
@@ -1117,31 +1310,48 @@ drain_ready(SbAmqp *c, BurstState *bs, TimestampTz deadline)
  * answer interrupts, until the socket's send buffer has room for it (or is
  * empty, for a message larger than the buffer).  False when the deadline
  * passed or the connection failed meanwhile.
+ *
+ * Asking the kernel costs two system calls; c->outq_bound, an upper bound
+ * of the bytes queued in the socket (what was queued when last asked, plus
+ * what was written since), saves them while it leaves ample room.
  */
 static bool
-wait_for_send_space(SbAmqp *c, BurstState *bs, SbMessage *m,
-					TimestampTz deadline)
+wait_for_send_space(SbAmqp *c, SbMessage *m, TimestampTz deadline)
 {
 	int			fd = amqp_get_sockfd(c->conn);
 	int			sndbuf = 0;
 	socklen_t	len = sizeof(sndbuf);
 	long		need = (long) m->body_len + 4096;
+	long		bytes = frame_bytes(m);
 
+	if (bytes >= 0 && c->outq_bound + need <= c->sndbuf / 2)
+	{
+		c->outq_bound += bytes;
+		return true;
+	}
 	if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) != 0)
 		return true;			/* cannot tell: let librabbitmq try */
+	c->sndbuf = sndbuf;
 	for (;;)
 	{
 		int			queued = 0;
 		long		remaining;
 
 		if (ioctl(fd, SIOCOUTQ, &queued) != 0)
+		{
+			c->outq_bound = LONG_MAX / 2;
 			return true;
+		}
 		/*
 		 * SO_SNDBUF counts the kernel's bookkeeping too (it reports twice
 		 * the bytes it promises): leave a wide margin.
 		 */
 		if (queued == 0 || queued + need <= sndbuf / 2)
+		{
+			c->outq_bound = bytes >= 0 ? queued + bytes : LONG_MAX / 2;
 			return true;
+		}
+		uncork(c);
 		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 		if (remaining <= 0)
 		{
@@ -1156,83 +1366,129 @@ wait_for_send_space(SbAmqp *c, BurstState *bs, SbMessage *m,
 								 fd, Min(remaining, 10), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
-		if (!drain_ready(c, bs, deadline))
+		if (!drain_ready(c, deadline))
 			return false;
 	}
 }
 
 /*
- * publish_some: publish msgs[idx[0..n)] and read the broker's frames until
- * each has an outcome, the deadline passes, or the channel or connection
- * closes.
+ * begin_publish: a burst of up to capacity of msgs, published on the
+ * current channel (opened if need be) as sb_amqp_publish_add() hands them.
  */
-static void
-publish_some(SbAmqp *c, SbMessage *msgs, const int *idx, int n, bool mandatory,
-			 int timeout_ms, SbOutcome *outcomes)
+static SbPublish *
+begin_publish(SbAmqp *c, SbMessage *msgs, int capacity, bool mandatory,
+			  int timeout_ms, SbOutcome *outcomes)
 {
-	BurstState	bs;
-	TimestampTz deadline;
-	int			j;
+	SbPublish  *p = palloc0(sizeof(SbPublish));
 
-	memset(&bs, 0, sizeof(bs));
-	bs.msgs = msgs;
-	bs.outcomes = outcomes;
-	bs.by_tag = palloc(sizeof(int) * Max(n, 1));
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
-	bs.first_tag = c->next_tag;
+	p->msgs = msgs;
+	p->outcomes = outcomes;
+	p->idx = palloc(sizeof(int) * Max(capacity, 1));
+	p->by_tag = palloc(sizeof(int) * Max(capacity, 1));
+	p->capacity = capacity;
+	p->mandatory = mandatory;
+	p->timeout_ms = timeout_ms;
+	p->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	if (!c->usable)
+		return p;
+	if (!c->channel_open && !open_channel(c))
+	{
+		c->usable = false;
+		return p;
+	}
+	p->first_tag = c->next_tag;
+	register_burst(c, p);
+	cork(c);
 
 	/* a connection.blocked may be waiting: read it before writing more */
-	if (!drain_ready(c, &bs, deadline))
-		n = 0;
+	if (!drain_ready(c, p->deadline))
+		p->stopped = true;
+	return p;
+}
 
-	for (j = 0; j < n; j++)
+/*
+ * sb_amqp_publish_add: publish msgs[i] as part of p (unless it has an
+ * error: SB_INVALID), applying the broker's frames as they come.  After a
+ * failure of the channel or the connection, messages are only recorded
+ * (SB_UNKNOWN), for sb_amqp_publish_finish() to deal with.
+ */
+void
+sb_amqp_publish_add(SbAmqp *c, SbPublish *p, int i)
+{
+	SbMessage  *m = &p->msgs[i];
+	amqp_basic_properties_t props;
+	amqp_bytes_t body;
+	int			status;
+
+	Assert(p->nidx < p->capacity);
+	if (m->error)
 	{
-		int			i = idx[j];
-		SbMessage  *m = &msgs[i];
-		amqp_basic_properties_t props;
-		amqp_bytes_t body;
-		int			status;
-
-		if (!wait_for_send_space(c, &bs, m, deadline))
-			break;
-		if (c->blocked)
-		{
-			/* resource alarm: publish nothing more on this connection */
-			set_error(c, "the broker blocked the connection (resource alarm)");
-			c->usable = false;
-			break;
-		}
-		fill_properties(m, &props);
-		body.bytes = (void *) m->body;
-		body.len = m->body_len;
-		status = amqp_basic_publish(c->conn, c->channel,
-									amqp_cstring_bytes(m->exchange),
-									amqp_cstring_bytes(m->routing_key),
-									mandatory, 0, &props, body);
-		if (status != AMQP_STATUS_OK)
-		{
-			set_error(c, "could not publish: %s", amqp_error_string2(status));
-			c->usable = false;
-			break;
-		}
-		outcomes[i] = SB_PENDING;
-		bs.by_tag[bs.npublished++] = i;
-		bs.unresolved++;
-		c->next_tag++;
-
-		if ((bs.npublished % 16) == 0 && !drain_ready(c, &bs, deadline))
-			break;
+		p->outcomes[i] = SB_INVALID;
+		return;
 	}
+	p->outcomes[i] = SB_UNKNOWN;
+	p->idx[p->nidx++] = i;
+	if (!p->registered || p->stopped || p->lost || !c->usable)
+		return;
 
-	while (bs.unresolved > 0 && c->usable && c->channel_open)
+	if (!wait_for_send_space(c, m, p->deadline))
+	{
+		p->stopped = true;
+		return;
+	}
+	if (c->blocked)
+	{
+		/* resource alarm: publish nothing more on this connection */
+		set_error(c, "the broker blocked the connection (resource alarm)");
+		c->usable = false;
+		p->stopped = true;
+		return;
+	}
+	if (p->lost)
+		return;					/* the channel closed meanwhile */
+	fill_properties(m, &props);
+	body.bytes = (void *) m->body;
+	body.len = m->body_len;
+	status = amqp_basic_publish(c->conn, c->channel,
+								amqp_cstring_bytes(m->exchange),
+								amqp_cstring_bytes(m->routing_key),
+								p->mandatory, 0, &props, body);
+	if (status != AMQP_STATUS_OK)
+	{
+		set_error(c, "could not publish: %s", amqp_error_string2(status));
+		c->usable = false;
+		p->stopped = true;
+		return;
+	}
+	p->outcomes[i] = SB_PENDING;
+	p->by_tag[p->npublished++] = i;
+	p->unresolved++;
+	c->next_tag++;
+
+	if ((p->npublished % 16) == 0 && !drain_ready(c, p->deadline))
+		p->stopped = true;
+}
+
+/*
+ * await_verdicts: read the broker's frames until each of p's messages has
+ * a verdict, the deadline passes, or p's channel or the connection fails.
+ * Leaves p's messages without a verdict SB_UNKNOWN.
+ */
+static void
+await_verdicts(SbAmqp *c, SbPublish *p)
+{
+	int			j;
+
+	uncork(c);
+	while (p->registered && p->unresolved > 0 && !p->lost && c->usable)
 	{
 		amqp_frame_t frame;
-		int			status = next_frame(c, deadline, &frame);
+		int			status = next_frame(c, p->deadline, &frame);
 
 		if (status == AMQP_STATUS_TIMEOUT)
 		{
 			set_error(c, "timed out after %d ms waiting for publisher confirms%s",
-					  timeout_ms,
+					  p->timeout_ms,
 					  c->blocked ? " (the broker blocked the connection: resource alarm)" : "");
 			c->usable = false;
 			break;
@@ -1243,82 +1499,145 @@ publish_some(SbAmqp *c, SbMessage *msgs, const int *idx, int n, bool mandatory,
 			c->usable = false;
 			break;
 		}
-		if (!handle_frame(c, &bs, &frame, deadline))
-			break;
+		(void) handle_frame(c, &frame, p->deadline);
 	}
-
-	for (j = 0; j < bs.npublished; j++)
+	if (p->registered)
+		unregister_burst(c, p);
+	for (j = 0; j < p->npublished; j++)
 	{
-		int			i = bs.by_tag[j];
+		int			i = p->by_tag[j];
 
-		if (outcomes[i] == SB_PENDING)
-			outcomes[i] = SB_UNKNOWN;
+		if (p->outcomes[i] == SB_PENDING)
+			p->outcomes[i] = SB_UNKNOWN;
 	}
-	pfree(bs.by_tag);
 }
 
 /*
- * sb_amqp_publish_burst: publish msgs and wait for the broker's verdict on
- * each.  outcomes[i] says what became of msgs[i]; messages with an error
- * are not published (SB_INVALID).  Never raises an error for the broker's
- * sake: a failure makes the connection unusable (see sb_amqp_last_error)
- * and leaves the unconfirmed messages SB_UNKNOWN.
+ * publish_again: publish once more, synchronously, those of p's messages
+ * that have no verdict, after p's channel closed; singly: one at a time,
+ * so that the one that closes a channel again is known (SB_REFUSED).
+ * Returns false when the channel closed again (publishing as a group).
+ */
+static bool
+publish_again(SbAmqp *c, SbPublish *p, bool singly)
+{
+	int		   *idx = palloc(sizeof(int) * Max(p->nidx, 1));
+	int			n = 0;
+	int			j;
+
+	for (j = 0; j < p->nidx; j++)
+		if (p->outcomes[p->idx[j]] == SB_UNKNOWN)
+			idx[n++] = p->idx[j];
+
+	if (!singly)
+	{
+		SbPublish  *q = begin_publish(c, p->msgs, n, p->mandatory,
+									  p->timeout_ms, p->outcomes);
+
+		for (j = 0; j < n; j++)
+			sb_amqp_publish_add(c, q, idx[j]);
+		await_verdicts(c, q);
+		return !q->lost;
+	}
+	for (j = 0; j < n && c->usable; j++)
+	{
+		int			i = idx[j];
+		int			attempt;
+
+		/*
+		 * The message is the culprit when its channel closed while it was
+		 * the earliest one waiting (suspect).  Otherwise a message of
+		 * another burst still out on that channel closed it: try again,
+		 * alone on a new channel now (the close set every burst aside).
+		 */
+		for (attempt = 0; attempt < 2 && c->usable; attempt++)
+		{
+			SbPublish  *q = begin_publish(c, p->msgs, 1, p->mandatory,
+										  p->timeout_ms, p->outcomes);
+
+			sb_amqp_publish_add(c, q, i);
+			await_verdicts(c, q);
+			if (p->outcomes[i] != SB_UNKNOWN || !c->usable || !q->lost)
+				break;
+			if (q->suspect)
+			{
+				p->outcomes[i] = SB_REFUSED;
+				p->msgs[i].error = pstrdup(c->error);
+				break;
+			}
+		}
+	}
+	return true;
+}
+
+/*
+ * sb_amqp_publish_begin: a burst of up to capacity of msgs, whose messages
+ * are given by sb_amqp_publish_add() (and published as they are given, so
+ * that the broker works while the next ones are built), and whose verdicts
+ * sb_amqp_publish_finish() waits for.  Other bursts may be in flight
+ * meanwhile (up to SB_MAX_IN_FLIGHT in all).
+ */
+SbPublish *
+sb_amqp_publish_begin(SbAmqp *c, SbMessage *msgs, int capacity, bool mandatory,
+					  int timeout_ms, SbOutcome *outcomes)
+{
+	return begin_publish(c, msgs, capacity, mandatory, timeout_ms, outcomes);
+}
+
+/*
+ * sb_amqp_publish_finish: wait for the broker's verdict on each message of
+ * p; outcomes[i] (as given to sb_amqp_publish_begin) says what became of
+ * msgs[i].  Never raises an error for the broker's sake: a failure makes
+ * the connection unusable (see sb_amqp_last_error) and leaves the
+ * unconfirmed messages SB_UNKNOWN.
  *
  * When the broker closes the channel over one message (an exchange that
  * does not exist, a user_id that is not the connection's user, a malformed
- * expiration), the messages left without a verdict are published again one
- * at a time on a new channel: the one that closes it again is SB_REFUSED,
- * the others go through.  One bad row never holds back its burst.
+ * expiration), the messages left without a verdict are published again on
+ * a new channel: those of the burst that held the culprit one at a time,
+ * so that the one that closes it again is SB_REFUSED and the others go
+ * through; those of a later burst (never routed) together.  One bad row
+ * never holds back its burst.
+ */
+void
+sb_amqp_publish_finish(SbAmqp *c, SbPublish *p)
+{
+	int			i;
+
+	await_verdicts(c, p);
+	if (c->usable && p->lost)
+	{
+		char	   *reason = pstrdup(c->error);
+
+		if (p->suspect || !publish_again(c, p, false))
+			(void) publish_again(c, p, true);
+		strlcpy(c->error, reason, sizeof(c->error));
+		pfree(reason);
+	}
+	for (i = 0; i < p->nidx; i++)
+	{
+		int			k = p->idx[i];
+
+		if (p->outcomes[k] == SB_NACKED && p->msgs[k].error == NULL)
+			p->msgs[k].error = "refused by the broker (basic.nack)";
+	}
+	if (c->nin_flight == 0 && c->conn != NULL)
+		amqp_maybe_release_buffers(c->conn);
+}
+
+/*
+ * sb_amqp_publish_burst: publish msgs and wait for the verdicts (both of
+ * the above).
  */
 void
 sb_amqp_publish_burst(SbAmqp *c, SbMessage *msgs, int nmsgs, bool mandatory,
 					  int timeout_ms, SbOutcome *outcomes)
 {
-	int		   *idx = palloc(sizeof(int) * Max(nmsgs, 1));
-	int			n = 0;
+	SbPublish  *p = begin_publish(c, msgs, nmsgs, mandatory, timeout_ms,
+								  outcomes);
 	int			i;
 
 	for (i = 0; i < nmsgs; i++)
-	{
-		outcomes[i] = msgs[i].error ? SB_INVALID : SB_UNKNOWN;
-		if (!msgs[i].error)
-			idx[n++] = i;
-	}
-	if (!c->usable || n == 0)
-		return;
-	if (!c->channel_open && !open_channel(c))
-	{
-		c->usable = false;
-		return;
-	}
-
-	publish_some(c, msgs, idx, n, mandatory, timeout_ms, outcomes);
-
-	if (c->usable && !c->channel_open)
-	{
-		char	   *reason = pstrdup(c->error);
-
-		for (i = 0; i < nmsgs && c->usable; i++)
-		{
-			if (outcomes[i] != SB_UNKNOWN || msgs[i].error)
-				continue;
-			if (!c->channel_open && !open_channel(c))
-			{
-				c->usable = false;
-				break;
-			}
-			publish_some(c, msgs, &i, 1, mandatory, timeout_ms, outcomes);
-			if (outcomes[i] == SB_UNKNOWN && c->usable && !c->channel_open)
-			{
-				outcomes[i] = SB_REFUSED;
-				msgs[i].error = pstrdup(c->error);
-			}
-		}
-		strlcpy(c->error, reason, sizeof(c->error));
-	}
-	for (i = 0; i < nmsgs; i++)
-		if (outcomes[i] == SB_NACKED && msgs[i].error == NULL)
-			msgs[i].error = "refused by the broker (basic.nack)";
-	pfree(idx);
-	amqp_maybe_release_buffers(c->conn);
+		sb_amqp_publish_add(c, p, i);
+	sb_amqp_publish_finish(c, p);
 }

@@ -5,10 +5,13 @@
  *		lock a burst of rows, turn them into messages, publish them, wait
  *		for the broker's confirms, delete exactly the confirmed rows.
  *
- * A burst runs in the caller's transaction: the worker gives each burst a
- * transaction of its own, signalbus_flush() runs them all in the calling
- * transaction (so a ROLLBACK brings the sent rows back: duplicates, never a
- * loss).  Rows are locked FOR UPDATE SKIP LOCKED, so concurrent senders
+ * A burst runs in the caller's transaction: the worker's transactions hold
+ * a few bursts each, signalbus_flushmany() commits after every burst,
+ * signalbus_flush() runs them all in the calling transaction (so a ROLLBACK
+ * brings the sent rows back: duplicates, never a loss).  A burst is started
+ * (rows locked, messages built and published) and finished (verdicts read,
+ * confirmed rows deleted) in two steps, so that the next burst can be
+ * started in between: the broker then works while the database does.  Rows are locked FOR UPDATE SKIP LOCKED, so concurrent senders
  * never send the same row at the same time; an ordered table waits for
  * locked rows instead, in order_by order.
  *
@@ -200,17 +203,77 @@ move_to_dead_letters(const SbSignal *sig, const char *qualname, SbMessage *msgs,
 }
 
 /*
- * sb_flush_burst: send one burst of sig's pending rows.
+ * A burst between sb_burst_start() and sb_burst_finish(): its rows locked
+ * by the current transaction, its messages published, the broker's
+ * verdicts outstanding.  Everything it holds lives in cxt.
+ */
+struct SbInFlight
+{
+	MemoryContext cxt;
+	const SbSignal *sig;
+	char	   *qualname;
+	SbRetry    *retry;
+	TimestampTz now;
+	SbMessage  *msgs;
+	int			nmsgs;
+	SbOutcome  *outcomes;
+	SbPublish  *pub;
+};
+
+/* the identity and settings a signal table is worked on with */
+typedef struct SbOwnerScope
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			save_nestlevel;
+} SbOwnerScope;
+
+/*
+ * become_owner: act as sig's owner, in a security-restricted operation,
+ * with a safe search_path, until restore_user().
+ */
+static void
+become_owner(const SbSignal *sig, SbOwnerScope *scope)
+{
+	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec);
+	SetUserIdAndSecContext(sig->owner, scope->save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	scope->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
+							 0, false);
+
+	/*
+	 * Rows are found by ctid: a TID scan touches just them, but for a burst of
+	 * a thousand ctids in a large table the planner prices a sequential scan
+	 * lower (it does not know the rows are in cache).  Do not let it.
+	 */
+	(void) set_config_option("enable_seqscan", "off",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
+							 0, false);
+}
+
+static void
+restore_user(SbOwnerScope *scope)
+{
+	AtEOXact_GUC(false, scope->save_nestlevel);
+	SetUserIdAndSecContext(scope->save_userid, scope->save_sec);
+}
+
+/*
+ * sb_burst_start: lock a burst of sig's pending rows, turn them into
+ * messages and publish them, without waiting for the broker's verdicts.
+ * Returns NULL when there is nothing to send (result says why: no rows,
+ * a busy table); otherwise the burst, to be given to sb_burst_finish() in
+ * the same transaction.  The next burst may be started meanwhile.
  *
  * tids: send just these rows (the commit queue's fast path), or, when NULL,
  * the next burst_count rows after *after in ctid order (a sweep).  skip_own:
  * leave rows inserted by the current transaction alone (for flushes run in
- * a user's transaction).  Raises an error for anything but the broker; a
- * broker failure is reported in result->broker_failed after the rows the
- * broker did confirm are deleted.
+ * a user's transaction).  Raises an error for anything but the broker.
  */
-void
-sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
+SbInFlight *
+sb_burst_start(SbAmqp *conn, const SbSignal *sig,
 			   const ItemPointerData *tids, int ntids,
 			   const ItemPointerData *after, bool skip_own, SbRetry *retry,
 			   SbBurst *result)
@@ -222,19 +285,10 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 	char	   *qualname;
 	Oid			argtypes[2];
 	Datum		args[2];
-	Oid			save_userid;
-	int			save_sec;
-	int			save_nestlevel;
-	SbMessage  *msgs;
-	SbOutcome  *outcomes;
-	ItemPointerData *acked;
-	int			nmsgs = 0;
-	int			nacked = 0;
-	int			ndead = 0;
-	int		   *dead;
-	int		   *dead_attempts;
-	TimestampTz *dead_first;
-	TimestampTz now = GetCurrentTimestamp();
+	SbOwnerScope scope;
+	SbInFlight *f;
+	MemoryContext cxt;
+	MemoryContext old;
 	uint64		i;
 	int			ret;
 	bool		ordered = (sig->order_by != NULL);
@@ -243,25 +297,30 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 	if (after)
 		result->last_tid = *after;
 
-	/* the table may have been dropped since the registrations were read */
-	if (retry != NULL)
+	/*
+	 * The worker serves every table of its database: a table locked by
+	 * someone else (CREATE INDEX, VACUUM FULL, ALTER TABLE) waits for the
+	 * next sweep instead of stopping them all.
+	 */
+	if (retry != NULL && !ConditionalLockRelationOid(sig->relid, RowExclusiveLock))
 	{
-		/*
-		 * The worker serves every table of its database: a table locked by
-		 * someone else (CREATE INDEX, VACUUM FULL, ALTER TABLE) waits for the
-		 * next sweep instead of stopping them all.
-		 */
-		if (!ConditionalLockRelationOid(sig->relid, RowExclusiveLock))
-		{
-			result->busy = true;
-			return;
-		}
-		rel = try_relation_open(sig->relid, NoLock);
+		result->busy = true;
+		return NULL;
 	}
-	else
-		rel = try_relation_open(sig->relid, RowExclusiveLock);
+	/* the table may have been dropped since the registrations were read */
+	rel = try_relation_open(sig->relid, retry != NULL ? NoLock : RowExclusiveLock);
 	if (rel == NULL)
-		return;
+		return NULL;
+
+	/* everything of the burst lives in its own memory, freed by finish */
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "signalbus burst",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	f = palloc0(sizeof(SbInFlight));
+	f->cxt = cxt;
+	f->sig = sig;
+	f->retry = retry;
+	f->now = GetCurrentTimestamp();
 	initStringInfo(&select_list);
 	sb_check_columns(rel, &select_list, &layout);
 	relation_close(rel, NoLock);
@@ -301,7 +360,9 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 												   Int32GetDatum((int32) sig->relid))))
 		{
 			result->busy = true;
-			return;
+			MemoryContextSwitchTo(old);
+			MemoryContextDelete(cxt);
+			return NULL;
 		}
 		appendStringInfo(&sql, " ORDER BY %s", sig->order_by);
 	}
@@ -310,23 +371,9 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 	argtypes[1] = INT4OID;
 	args[1] = Int32GetDatum(tids ? ntids : sig->burst_count);
 
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(sig->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
-							 0, false);
+	f->qualname = qualname;
 
-	/*
-	 * Rows are found by ctid: a TID scan touches just them, but for a burst of
-	 * a thousand ctids in a large table the planner prices a sequential scan
-	 * lower (it does not know the rows are in cache).  Do not let it.
-	 */
-	(void) set_config_option("enable_seqscan", "off",
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
-							 0, false);
-
+	become_owner(sig, &scope);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
@@ -335,14 +382,11 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 		elog(ERROR, "signalbus: could not read signal table %s: %s",
 			 qualname, SPI_result_code_string(ret));
 
+	/* the messages outlive SPI's memory: they are built in the burst's */
+	MemoryContextSwitchTo(cxt);
 	result->fetched = (int) SPI_processed;
-	msgs = palloc(sizeof(SbMessage) * Max(SPI_processed, 1));
-	outcomes = palloc(sizeof(SbOutcome) * Max(SPI_processed, 1));
-	acked = palloc(sizeof(ItemPointerData) * Max(SPI_processed, 1));
-	dead = palloc(sizeof(int) * Max(SPI_processed, 1));
-	dead_attempts = palloc(sizeof(int) * Max(SPI_processed, 1));
-	dead_first = palloc(sizeof(TimestampTz) * Max(SPI_processed, 1));
-
+	f->msgs = palloc(sizeof(SbMessage) * Max(SPI_processed, 1));
+	f->outcomes = palloc(sizeof(SbOutcome) * Max(SPI_processed, 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -361,87 +405,156 @@ sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 			if (TransactionIdIsCurrentTransactionId(xmin))
 				continue;
 		}
-		if (sb_retry_not_yet(retry, sig->relid, tid, now))
+		if (sb_retry_not_yet(retry, sig->relid, tid, f->now))
 			continue;			/* failed before: wait for its delay */
-		sb_build_message(&msgs[nmsgs++], sig, &layout, tup, desc);
-	}
+		sb_build_message(&f->msgs[f->nmsgs], sig, &layout, tup, desc);
 
-	if (nmsgs > 0)
+		/* publish as it goes: the broker works while the rest is built */
+		if (f->pub == NULL)
+			f->pub = sb_amqp_publish_begin(conn, f->msgs, (int) SPI_processed,
+										   sig->mandatory,
+										   signalbus_confirm_timeout,
+										   f->outcomes);
+		sb_amqp_publish_add(conn, f->pub, f->nmsgs);
+		f->nmsgs++;
+	}
+	SPI_finish();				/* back in cxt */
+	restore_user(&scope);
+	MemoryContextSwitchTo(old);
+
+	if (f->nmsgs == 0)
 	{
-		sb_amqp_publish_burst(conn, msgs, nmsgs, sig->mandatory,
-							  signalbus_confirm_timeout, outcomes);
-		for (i = 0; i < nmsgs; i++)
+		MemoryContextDelete(cxt);
+		result->broker_failed = !sb_amqp_usable(conn);
+		return NULL;
+	}
+	return f;
+}
+
+/*
+ * sb_burst_finish: wait for the broker's verdicts on f's messages, delete
+ * the rows it confirmed, set aside (worker) those that failed too often,
+ * and count the outcome in result (as filled by sb_burst_start()).  A
+ * broker failure is reported in result->broker_failed after the rows the
+ * broker did confirm are deleted.  Frees f.
+ */
+void
+sb_burst_finish(SbAmqp *conn, SbInFlight *f, SbBurst *result)
+{
+	const SbSignal *sig = f->sig;
+	SbMessage  *msgs = f->msgs;
+	SbOwnerScope scope;
+	ItemPointerData *acked;
+	int			nacked = 0;
+	int			ndead = 0;
+	int		   *dead;
+	int		   *dead_attempts;
+	TimestampTz *dead_first;
+	MemoryContext old;
+	int			i;
+
+	old = MemoryContextSwitchTo(f->cxt);
+	sb_amqp_publish_finish(conn, f->pub);
+
+	acked = palloc(sizeof(ItemPointerData) * f->nmsgs);
+	dead = palloc(sizeof(int) * f->nmsgs);
+	dead_attempts = palloc(sizeof(int) * f->nmsgs);
+	dead_first = palloc(sizeof(TimestampTz) * f->nmsgs);
+	for (i = 0; i < f->nmsgs; i++)
+	{
+		switch (f->outcomes[i])
 		{
-			switch (outcomes[i])
-			{
-				case SB_ACKED:
-					acked[nacked++] = msgs[i].tid;
-					sb_retry_forget(retry, sig->relid, &msgs[i].tid);
-					break;
-				case SB_NACKED:
-				case SB_RETURNED:
-				case SB_INVALID:
-				case SB_REFUSED:
-					result->failed++;
-					if (result->error[0] == '\0')
-						snprintf(result->error, SB_ERROR_LEN,
-								 "table \"%s\", row %s: %s", sig->relname,
-								 DatumGetCString(DirectFunctionCall1(tidout,
-																	 PointerGetDatum(&msgs[i].tid))),
-								 msgs[i].error ? msgs[i].error : "failed");
-					if (retry)
+			case SB_ACKED:
+				acked[nacked++] = msgs[i].tid;
+				sb_retry_forget(f->retry, sig->relid, &msgs[i].tid);
+				break;
+			case SB_NACKED:
+			case SB_RETURNED:
+			case SB_INVALID:
+			case SB_REFUSED:
+				result->failed++;
+				if (result->error[0] == '\0')
+					snprintf(result->error, SB_ERROR_LEN,
+							 "table \"%s\", row %s: %s", sig->relname,
+							 DatumGetCString(DirectFunctionCall1(tidout,
+																 PointerGetDatum(&msgs[i].tid))),
+							 msgs[i].error ? msgs[i].error : "failed");
+				if (f->retry)
+				{
+					TimestampTz first;
+					int			attempts = sb_retry_failed(f->retry, sig->relid,
+														   &msgs[i].tid, f->now,
+														   &first);
+
+					if (attempts >= signalbus_max_attempts)
 					{
-						TimestampTz first;
-						int			attempts = sb_retry_failed(retry, sig->relid,
-															   &msgs[i].tid, now,
-															   &first);
-
-						if (attempts >= signalbus_max_attempts)
-						{
-							dead[ndead] = i;
-							dead_attempts[ndead] = attempts;
-							dead_first[ndead] = first;
-							ndead++;
-						}
+						dead[ndead] = i;
+						dead_attempts[ndead] = attempts;
+						dead_first[ndead] = first;
+						ndead++;
 					}
-					break;
-				default:
-					break;
-			}
+				}
+				break;
+			default:
+				break;
 		}
 	}
 
-	if (ndead > 0)
+	if (nacked > 0 || ndead > 0)
 	{
-		move_to_dead_letters(sig, qualname, msgs, dead, dead_attempts, dead_first,
-							 ndead);
-		for (i = 0; i < ndead; i++)
+		become_owner(sig, &scope);
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (ndead > 0)
 		{
-			acked[nacked++] = msgs[dead[i]].tid;
-			sb_retry_forget(retry, sig->relid, &msgs[dead[i]].tid);
+			move_to_dead_letters(sig, f->qualname, msgs, dead, dead_attempts,
+								 dead_first, ndead);
+			for (i = 0; i < ndead; i++)
+			{
+				acked[nacked++] = msgs[dead[i]].tid;
+				sb_retry_forget(f->retry, sig->relid, &msgs[dead[i]].tid);
+			}
+			result->dead = ndead;
 		}
-		result->dead = ndead;
-	}
+		if (nacked > 0)
+		{
+			char	   *sql = psprintf("DELETE FROM ONLY %s AS sb "
+									   "WHERE sb.ctid OPERATOR(pg_catalog.=) ANY ($1)",
+									   f->qualname);
+			Oid			argtypes[1] = {TIDARRAYOID};
+			Datum		args[1];
+			int			ret;
 
-	if (nacked > 0)
-	{
-		resetStringInfo(&sql);
-		appendStringInfo(&sql,
-						 "DELETE FROM ONLY %s AS sb WHERE sb.ctid OPERATOR(pg_catalog.=) ANY ($1)",
-						 qualname);
-		argtypes[0] = TIDARRAYOID;
-		args[0] = tid_array(acked, nacked);
-		ret = execute_cached(sql.data, 1, argtypes, args);
-		if (ret != SPI_OK_DELETE)
-			elog(ERROR, "signalbus: could not delete from signal table %s: %s",
-				 qualname, SPI_result_code_string(ret));
-		result->sent = (int) SPI_processed - ndead;
+			args[0] = tid_array(acked, nacked);
+			ret = execute_cached(sql, 1, argtypes, args);
+			if (ret != SPI_OK_DELETE)
+				elog(ERROR, "signalbus: could not delete from signal table %s: %s",
+					 f->qualname, SPI_result_code_string(ret));
+			result->sent += (int) SPI_processed - ndead;
+		}
+		SPI_finish();
+		restore_user(&scope);
 	}
 	result->broker_failed = !sb_amqp_usable(conn);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(f->cxt);
+}
 
-	SPI_finish();
-	AtEOXact_GUC(false, save_nestlevel);
-	SetUserIdAndSecContext(save_userid, save_sec);
+/*
+ * sb_flush_burst: send one burst of sig's pending rows and wait for the
+ * broker (sb_burst_start() and sb_burst_finish() in one).
+ */
+void
+sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
+			   const ItemPointerData *tids, int ntids,
+			   const ItemPointerData *after, bool skip_own, SbRetry *retry,
+			   SbBurst *result)
+{
+	SbInFlight *f = sb_burst_start(conn, sig, tids, ntids, after, skip_own,
+								   retry, result);
+
+	if (f != NULL)
+		sb_burst_finish(conn, f, result);
 }
 
 /*
@@ -562,6 +675,65 @@ report_progress(const char *relname, int64 sent, int64 left, TimestampTz started
 }
 
 /*
+ * broker_lost: the error of a flush whose connection failed.
+ */
+static void
+broker_lost(SbAmqp *conn)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("connection to AMQP broker lost during flush: %s",
+					sb_amqp_last_error(conn)),
+			 errdetail("Rows whose messages were not confirmed were kept.")));
+}
+
+/*
+ * flush_pipelined: signalbus_flush() of a table without order_by, in the
+ * caller's transaction: each burst is locked, built and published while the
+ * broker confirms the one before.  Returns how many rows were sent.
+ */
+static int64
+flush_pipelined(SbAmqp *conn, const SbSignal *sig)
+{
+	ItemPointerData after;
+	SbInFlight *pending = NULL;
+	SbBurst		pending_res;
+	int64		sent = 0;
+	bool		more = true;
+
+	ItemPointerSet(&after, 0, 0);
+	memset(&pending_res, 0, sizeof(pending_res));
+	while (more || pending != NULL)
+	{
+		SbInFlight *f = NULL;
+		SbBurst		res;
+
+		memset(&res, 0, sizeof(res));
+		if (!sb_amqp_usable(conn))
+			more = false;
+		else if (more && (pending == NULL || sb_amqp_settled(conn)))
+		{
+			f = sb_burst_start(conn, sig, NULL, 0, &after, true, NULL, &res);
+			after = res.last_tid;
+			more = res.fetched >= sig->burst_count;
+		}
+		if (pending != NULL)
+		{
+			sb_burst_finish(conn, pending, &pending_res);
+			sent += pending_res.sent;
+			if (pending_res.broker_failed)
+				broker_lost(conn);
+		}
+		pending = f;
+		pending_res = res;
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (!sb_amqp_usable(conn))
+		broker_lost(conn);
+	return sent;
+}
+
+/*
  * flush_signals: the loop behind signalbus_flush(), signalbus_flushordered()
  * and signalbus_flushmany().
  */
@@ -599,10 +771,26 @@ flush_signals(List *signals, SbFlushMode mode)
 				left = count_rows(sig);
 
 			ItemPointerSet(&after, 0, 0);
+			if (mode == SB_FLUSH && sig->order_by == NULL)
+			{
+				sent = flush_pipelined(conn, sig);
+				total += sent;
+				continue;
+			}
 			for (;;)
 			{
 				MemoryContext old = MemoryContextSwitchTo(burstcxt);
 
+				/*
+				 * flushmany's own commits only delete rows the broker has
+				 * confirmed: one lost in a crash means a message sent again,
+				 * which at-least-once delivery allows, so they need not wait
+				 * for the WAL flush (the worker's commits do not either).
+				 */
+				if (mode == SB_FLUSH_MANY)
+					(void) set_config_option("synchronous_commit", "off",
+											 PGC_USERSET, PGC_S_SESSION,
+											 GUC_ACTION_LOCAL, true, 0, false);
 				sb_flush_burst(conn, sig, NULL, 0, &after, mode != SB_FLUSH_MANY,
 							   NULL, &res);
 				MemoryContextSwitchTo(old);
@@ -610,11 +798,7 @@ flush_signals(List *signals, SbFlushMode mode)
 				sent += res.sent;
 				left -= res.sent;
 				if (res.broker_failed)
-					ereport(ERROR,
-							(errcode(ERRCODE_CONNECTION_FAILURE),
-							 errmsg("connection to AMQP broker lost during flush: %s",
-									sb_amqp_last_error(conn)),
-							 errdetail("Rows whose messages were not confirmed were kept.")));
+					broker_lost(conn);
 				if (mode == SB_FLUSH_MANY)
 				{
 					SPI_commit();

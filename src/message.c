@@ -252,6 +252,20 @@ get_text(HeapTuple tuple, TupleDesc desc, int col, Size *len)
  * sb_build_message: fill msg from one row of the flush query.  A row that
  * cannot become a message gets msg->error and is left out of the burst.
  */
+/*
+ * copy_body: the body, copied out of the tuple (which goes with SPI's
+ * memory, while the message waits for the broker's verdict).
+ */
+static const char *
+copy_body(const char *data, Size len)
+{
+	char	   *copy = palloc(len + 1);
+
+	memcpy(copy, data, len);
+	copy[len] = '\0';
+	return copy;
+}
+
 void
 sb_build_message(SbMessage *msg, const SbSignal *sig, const SbLayout *layout,
 				 HeapTuple tuple, TupleDesc desc)
@@ -277,7 +291,7 @@ sb_build_message(SbMessage *msg, const SbSignal *sig, const SbLayout *layout,
 			bytea	   *b = DatumGetByteaPP(d);
 
 			msg->body_len = VARSIZE_ANY_EXHDR(b);
-			msg->body = VARDATA_ANY(b);
+			msg->body = copy_body(VARDATA_ANY(b), msg->body_len);
 			json_body = (layout->body_kind == SB_BODY_JSON);
 		}
 	}
@@ -289,7 +303,7 @@ sb_build_message(SbMessage *msg, const SbSignal *sig, const SbLayout *layout,
 		Assert(!isnull);
 		t = DatumGetTextPP(d);
 		msg->body_len = VARSIZE_ANY_EXHDR(t);
-		msg->body = VARDATA_ANY(t);
+		msg->body = copy_body(VARDATA_ANY(t), msg->body_len);
 		json_body = true;
 	}
 

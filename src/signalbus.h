@@ -252,6 +252,7 @@ typedef enum SbOutcome
 } SbOutcome;
 
 typedef struct SbAmqp SbAmqp;
+typedef struct SbPublish SbPublish;	/* a burst awaiting the broker's verdicts */
 
 extern SbAmqp *sb_amqp_connect(const char *url, const char *connection_name);
 extern void sb_amqp_close(SbAmqp *conn);
@@ -260,6 +261,13 @@ extern const char *sb_amqp_last_error(SbAmqp *conn);
 extern void sb_amqp_publish_burst(SbAmqp *conn, SbMessage *msgs, int nmsgs,
 								  bool mandatory, int timeout_ms,
 								  SbOutcome *outcomes);
+extern SbPublish *sb_amqp_publish_begin(SbAmqp *conn, SbMessage *msgs,
+										int capacity, bool mandatory,
+										int timeout_ms, SbOutcome *outcomes);
+extern void sb_amqp_publish_add(SbAmqp *conn, SbPublish *pub, int i);
+extern void sb_amqp_publish_finish(SbAmqp *conn, SbPublish *pub);
+extern void sb_amqp_forget(SbAmqp *conn);
+extern bool sb_amqp_settled(SbAmqp *conn);
 extern void *sb_amqp_encode_headers(Jsonb *jb, const char **error);
 extern char *sb_amqp_display_url(const char *url);
 extern bool sb_amqp_url_is_valid(const char *url, const char **detail);
@@ -290,6 +298,13 @@ typedef struct SbBurst
 	ItemPointerData last_tid;	/* highest ctid read (scan mode) */
 } SbBurst;
 
+typedef struct SbInFlight SbInFlight;	/* a burst awaiting its verdicts */
+
+extern SbInFlight *sb_burst_start(SbAmqp *conn, const SbSignal *sig,
+								  const ItemPointerData *tids, int ntids,
+								  const ItemPointerData *after, bool skip_own,
+								  SbRetry *retry, SbBurst *result);
+extern void sb_burst_finish(SbAmqp *conn, SbInFlight *burst, SbBurst *result);
 extern void sb_flush_burst(SbAmqp *conn, const SbSignal *sig,
 						   const ItemPointerData *tids, int ntids,
 						   const ItemPointerData *after, bool skip_own,

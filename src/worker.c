@@ -11,9 +11,11 @@
  *	  changed, and before each sweep); wait quietly while the extension is
  *	  not created in the database;
  *	- when there is work, connect if needed, then send: queued rows by
- *	  ctid, then, if due, a sweep of every table; one transaction a burst;
+ *	  ctid, then, if due, a sweep of every table; bursts are pipelined
+ *	  (the next is published while the broker confirms the last), up to
+ *	  SB_BURSTS_PER_XACT of them in a transaction;
  *	- wait on the latch until the next sweep.
- * A broker failure rolls back the burst, closes the connection and backs
+ * A broker failure keeps the unconfirmed rows, closes the connection and backs
  * off exponentially (with jitter, up to signalbus.max_backoff); the next
  * connection starts with a sweep, so nothing the failure interrupted
  * waits for the next interval.  Errors are logged once per change of
@@ -41,6 +43,7 @@
 
 #define SB_POP_BATCH		8192
 #define SB_TABLE_ERRORS		64
+#define SB_BURSTS_PER_XACT	8	/* bursts a transaction sends, pipelined */
 
 static SbSlot *slot = NULL;
 static SbAmqp *conn = NULL;
@@ -299,63 +302,237 @@ find_signal(Oid relid)
 }
 
 /*
- * run_burst: one burst of sig in a transaction of its own.  Returns false
- * when the broker failed (the caller stops sending).
+ * A run: bursts the worker sends back to back, either one table's backlog
+ * (a sweep: sig set) or rows taken from the commit queue (entries set,
+ * sorted by table and ctid).
+ */
+typedef struct Run
+{
+	SbSignal   *sig;			/* sweep: the table */
+	ItemPointerData after;		/* sweep: the next burst starts after it */
+	bool		exhausted;		/* sweep: nothing more to send now */
+	SbQueueEntry *entries;		/* queue: the rows */
+	int			nentries;
+	int			pos;			/* queue: the next row to send */
+} Run;
+
+typedef struct Burst
+{
+	SbSignal   *sig;
+	ItemPointerData *tids;		/* queue: the rows, else a sweep */
+	int			ntids;
+	SbInFlight *flight;			/* published, verdicts outstanding */
+	SbBurst		res;
+} Burst;
+
+/*
+ * next_burst: the run's next burst, the started-th of its transaction;
+ * false when there is none that may join it.  An ordered table's burst is
+ * alone in its transaction: the next one depends on what this one deletes.
  */
 static bool
-run_burst(SbSignal *sig, const ItemPointerData *tids, int ntids,
-		  const ItemPointerData *after, SbBurst *res)
+next_burst(Run *run, int started, Burst *b)
 {
+	memset(b, 0, sizeof(Burst));
+	if (run->entries == NULL)
+	{
+		if (run->exhausted || (run->sig->order_by != NULL && started > 0))
+			return false;
+		b->sig = run->sig;
+		return true;
+	}
+	while (run->pos < run->nentries)
+	{
+		Oid			relid = run->entries[run->pos].relid;
+		SbSignal   *sig = find_signal(relid);
+		int			end = run->pos;
+		int			j;
+
+		while (end < run->nentries && run->entries[end].relid == relid &&
+			   (sig == NULL || end - run->pos < sig->burst_count))
+			end++;
+		if (sig == NULL)
+		{
+			run->pos = end;		/* no longer a signal table */
+			continue;
+		}
+		if (sig->order_by != NULL && started > 0)
+			return false;
+		b->sig = sig;
+		b->ntids = end - run->pos;
+		b->tids = palloc(sizeof(ItemPointerData) * b->ntids);
+		for (j = 0; j < b->ntids; j++)
+			b->tids[j] = run->entries[run->pos + j].tid;
+		run->pos = end;
+		return true;
+	}
+	return false;
+}
+
+/*
+ * start_burst: lock, build and publish b; note what that says of the run.
+ */
+static void
+start_burst(Run *run, Burst *b)
+{
+	b->flight = sb_burst_start(conn, b->sig, b->tids, b->ntids,
+							   b->tids ? NULL : &run->after, false, retry,
+							   &b->res);
+	if (b->tids == NULL)
+	{
+		run->after = b->res.last_tid;
+		if (b->res.busy || b->res.fetched < b->sig->burst_count)
+			run->exhausted = true;
+	}
+	else if (b->res.fetched < b->ntids)
+	{
+		/*
+		 * A queued row not found was sent by someone else, or updated (new
+		 * ctid) by its own transaction: sweep.
+		 */
+		sb_slot_request_sweep(slot, b->sig->relid);
+	}
+}
+
+/*
+ * send_run: send run's bursts, in transactions of up to SB_BURSTS_PER_XACT
+ * bursts.  Within a transaction the bursts are pipelined: the next one is
+ * locked, built and published while the broker confirms the last one, so
+ * that the broker does not wait for the database.  The transaction commits
+ * once the last verdicts are in and the confirmed rows deleted.  Returns
+ * false when the broker failed (the caller stops sending).
+ */
+static bool
+send_run(Run *run)
+{
+	MemoryContext run_cxt = AllocSetContextCreate(CurrentMemoryContext,
+												  "signalbus run",
+												  ALLOCSET_DEFAULT_SIZES);
 	bool		broker_ok = true;
 
-	memset(res, 0, sizeof(SbBurst));
-	PG_TRY();
+	for (;;)
 	{
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, "signalbus: sending");
+		Burst	   *bursts;
+		volatile int nstarted = 0;
+		volatile int nfinished = 0;
+		volatile int working = 0;	/* the burst being started or finished */
+		volatile bool failed = false;
+		bool		broker_failed_now = false;
+		int			i;
 
-		sb_flush_burst(conn, sig, tids, ntids, after, false, retry, res);
+		MemoryContextReset(run_cxt);
+		MemoryContextSwitchTo(run_cxt);
+		bursts = palloc0(sizeof(Burst) * SB_BURSTS_PER_XACT);
+		if (!next_burst(run, 0, &bursts[0]))
+			break;
 
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		pgstat_report_stat(false);
-		pgstat_report_activity(STATE_IDLE, NULL);
+		PG_TRY();
+		{
+			SetCurrentStatementStartTimestamp();
+			StartTransactionCommand();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			pgstat_report_activity(STATE_RUNNING, "signalbus: sending");
 
-		sb_slot_count(slot, res->sent, res->failed);
-		if (res->broker_failed)
+			start_burst(run, &bursts[0]);
+			nstarted = 1;
+			while (nfinished < nstarted)
+			{
+				Burst	   *b = &bursts[nfinished];
+
+				/* the next burst goes out before this one's verdicts are in */
+				if (nstarted == nfinished + 1 && nstarted < SB_BURSTS_PER_XACT &&
+					sb_amqp_usable(conn) && sb_amqp_settled(conn) &&
+					next_burst(run, nstarted, &bursts[nstarted]))
+				{
+					working = nstarted;
+					start_burst(run, &bursts[nstarted]);
+					nstarted++;
+				}
+				working = nfinished;
+				if (b->flight != NULL)
+				{
+					SbInFlight *f = b->flight;
+
+					b->flight = NULL;
+					sb_burst_finish(conn, f, &b->res);
+				}
+				if (b->sig->order_by != NULL && b->tids == NULL && b->res.sent == 0)
+					run->exhausted = true;
+				nfinished++;
+			}
+
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			pgstat_report_stat(false);
+			pgstat_report_activity(STATE_IDLE, NULL);
+		}
+		PG_CATCH();
+		{
+			int			code;
+			char	   *message = caught_error(&code);
+			SbSignal   *sig = bursts[working].sig;
+
+			/* the bursts in flight went with the transaction's memory */
+			sb_amqp_forget(conn);
+			failed = true;
+			if (run->entries == NULL)
+				run->exhausted = true;
+			else
+			{
+				int			j;
+
+				/*
+				 * The queued rows of the rolled-back bursts are still in their
+				 * tables: sweep them, but not a table that fails on its own.
+				 */
+				for (j = 0; j < Max(nstarted, working + 1); j++)
+					if (bursts[j].sig != sig || code == ERRCODE_LOCK_NOT_AVAILABLE)
+						sb_slot_request_sweep(slot, bursts[j].sig->relid);
+			}
+			if (ERRCODE_TO_CATEGORY(code) == ERRCODE_CONNECTION_EXCEPTION)
+			{
+				broker_failed(message);
+				broker_ok = false;
+			}
+			else if (code != ERRCODE_LOCK_NOT_AVAILABLE)	/* else: busy */
+				table_failed(sig->relid,
+							 psprintf("could not send signals of table \"%s\": %s",
+									  sig->relname, message));
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(run_cxt);
+		if (!broker_ok)
+			break;
+		if (failed)
+			continue;			/* rolled back: nothing was sent */
+
+		for (i = 0; i < nfinished; i++)
+		{
+			Burst	   *b = &bursts[i];
+
+			sb_slot_count(slot, b->res.sent, b->res.failed);
+			if (b->res.error[0] != '\0')
+				sb_slot_set_error(slot, b->res.error);
+			if (b->res.broker_failed)
+				broker_failed_now = true;
+			else
+				table_succeeded(b->sig->relid);
+		}
+		if (broker_failed_now)
 		{
 			broker_failed(sb_amqp_last_error(conn));
 			broker_ok = false;
+			break;
 		}
-		else
-		{
-			broker_succeeded();
-			table_succeeded(sig->relid);
-		}
-		if (res->error[0] != '\0')
-			sb_slot_set_error(slot, res->error);
-	}
-	PG_CATCH();
-	{
-		int			code;
-		char	   *message = caught_error(&code);
+		broker_succeeded();
 
-		if (ERRCODE_TO_CATEGORY(code) == ERRCODE_CONNECTION_EXCEPTION)
-		{
-			broker_failed(message);
-			broker_ok = false;
-		}
-		else if (code == ERRCODE_LOCK_NOT_AVAILABLE)
-			res->busy = true;	/* an ordered table's rows are locked */
-		else
-			table_failed(sig->relid,
-						 psprintf("could not send signals of table \"%s\": %s",
-								  sig->relname, message));
-		res->fetched = 0;
+		/* a sweep of a large table lets a reload (new broker?) through */
+		if (run->entries == NULL && ConfigReloadPending)
+			break;
+		CHECK_FOR_INTERRUPTS();
 	}
-	PG_END_TRY();
+	MemoryContextSwitchTo(loop_cxt);
+	MemoryContextDelete(run_cxt);
 	return broker_ok;
 }
 
@@ -365,24 +542,12 @@ run_burst(SbSignal *sig, const ItemPointerData *tids, int ntids,
 static bool
 sweep_table(SbSignal *sig)
 {
-	ItemPointerData after;
-	SbBurst		res;
+	Run			run;
 
-	ItemPointerSet(&after, 0, 0);
-	for (;;)
-	{
-		CHECK_FOR_INTERRUPTS();
-		if (!run_burst(sig, NULL, 0, &after, &res))
-			return false;
-		after = res.last_tid;
-		if (res.busy || res.fetched < sig->burst_count)
-			return true;
-		if (sig->order_by != NULL && res.sent == 0)
-			return true;
-		/* keep fast-path rows flowing while a large table is swept */
-		if (ConfigReloadPending)
-			return true;
-	}
+	memset(&run, 0, sizeof(run));
+	run.sig = sig;
+	ItemPointerSet(&run.after, 0, 0);
+	return send_run(&run);
 }
 
 static int
@@ -405,47 +570,16 @@ send_queued(SbQueueEntry *buf)
 	for (;;)
 	{
 		int			n = sb_queue_pop(slot, buf, SB_POP_BATCH);
-		int			start = 0;
+		Run			run;
 
 		if (n == 0)
 			return true;
 		qsort(buf, n, sizeof(SbQueueEntry), compare_entries);
-		while (start < n)
-		{
-			Oid			relid = buf[start].relid;
-			int			end = start;
-			SbSignal   *sig;
-
-			while (end < n && buf[end].relid == relid)
-				end++;
-			sig = find_signal(relid);
-			if (sig != NULL)
-			{
-				int			pos;
-
-				for (pos = start; pos < end; pos += sig->burst_count)
-				{
-					int			k = Min(sig->burst_count, end - pos);
-					ItemPointerData *tids = palloc(sizeof(ItemPointerData) * k);
-					SbBurst		res;
-					int			j;
-
-					for (j = 0; j < k; j++)
-						tids[j] = buf[pos + j].tid;
-					if (!run_burst(sig, tids, k, NULL, &res))
-						return false;
-					pfree(tids);
-
-					/*
-					 * A queued row not found was sent by someone else, or
-					 * updated (new ctid) by its own transaction: sweep.
-					 */
-					if (res.fetched < k)
-						sb_slot_request_sweep(slot, sig->relid);
-				}
-			}
-			start = end;
-		}
+		memset(&run, 0, sizeof(run));
+		run.entries = buf;
+		run.nentries = n;
+		if (!send_run(&run))
+			return false;
 		CHECK_FOR_INTERRUPTS();
 	}
 }

@@ -721,7 +721,7 @@ for my $s (sort { $a <=> $b } keys %exp)
 	$dups += @$got - 1 if $got && @$got > 1;
 	my $what = "#$s $e->{table} [" . join(', ', @{ $e->{why} }) . ']';
 	if (!$got && !defined $d) { push @lost, $what; next; }
-	if ($got && defined $d) { push @both, $what; next; }
+	if ($got && defined $d) { push @both, "$what: $d"; next; }
 	if (defined $d)
 	{
 		$class{dead}++;

@@ -210,6 +210,48 @@ $node->safe_psql('postgres', 'INSERT INTO s320 (id) VALUES (1000)');
 $m = get_messages($QG, count => 1, timeout => 30);
 is(scalar(@$m) && body_json($m->[0])->{id}, 1000, 'a new good row is sent');
 
+# --- pipelined bursts: a channel-closing row while the next burst is out ----------
+# Bursts of 20: while the broker confirms one burst, the worker publishes the
+# next.  Rows 50 and 130 close the channel; the bursts then in flight lose
+# their confirms.  Every good row must still arrive.  Rows routed before a
+# culprit (its own burst's, and the burst before it, still unconfirmed) may
+# arrive twice; nothing after a culprit's burst may: those were never
+# routed, and no new burst goes out until the culprit is isolated.
+my $QP = '320.pipelined';
+my $XGONE = '320.still.no.such.exchange';	# (the other one exists by now)
+declare_queue($QP);
+eval {
+	broker_ctl('-q', 'eval',
+		qq{rabbit_exchange:delete(rabbit_misc:r(<<"/">>, exchange, <<"$XGONE">>), false, <<"test">>).}
+	);
+};
+$node->safe_psql('postgres', qq{
+	TRUNCATE signalbus_dead_letters;
+	CREATE TABLE s320p (id int PRIMARY KEY, exchange text);
+	SELECT signalbus_register('s320p', routing_key => '$QP', burst_count => 20);
+});
+# one transaction: the worker gets the 400 rows at once, by ctid (= id order)
+$node->safe_psql('postgres', qq{
+	INSERT INTO s320p (id, exchange)
+	SELECT i, CASE WHEN i IN (50, 130) THEN '$XGONE' END
+	  FROM generate_series(1, 400) AS i});
+ok( wait_for_sql(
+		$node, 'SELECT count(*) FROM signalbus_dead_letters', '2', 60),
+	'pipelined: the 2 channel-closing rows end in signalbus_dead_letters');
+ok(wait_for_sql($node, 'SELECT count(*) FROM s320p', '0'), 'pipelined: the table is empty');
+$m = get_messages($QP, count => 398, timeout => 30);
+push @$m, @{ get_messages($QP) };
+my %pgot;
+$pgot{ body_json($_)->{id} }++ for @$m;
+my @pgood = grep { $_ != 50 && $_ != 130 } 1 .. 400;
+is(join(',', grep { !$pgot{$_} } @pgood), '', 'pipelined: every good row arrived');
+is(join(',', grep { $pgot{$_} } 50, 130), '', 'pipelined: no culprit reached the queue');
+my @pdup = sort { $a <=> $b } grep { $pgot{$_} > 1 } keys %pgot;
+note 'pipelined: ' . scalar(@$m) . ' messages for 398 rows; duplicates: ' . join(',', @pdup);
+is(join(',', grep { !(($_ >= 21 && $_ < 50) || ($_ >= 101 && $_ < 130)) } @pdup), '',
+	'pipelined: duplicates only of rows routed before a culprit');
+is(dead(q{"row"->>'id'}), '50;130', 'pipelined: the dead letters are the 2 culprits');
+
 unlike(slurp_file($node->logfile), qr/terminated by signal/, 'no process crashed');
 $node->stop;
 done_testing();
