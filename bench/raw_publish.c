@@ -7,6 +7,11 @@
  *		No PostgreSQL involved.
  *
  *	raw_publish --url URL --queue Q --count N --burst B [--payload-size S]
+ *				[--rate R]
+ *
+ * --rate R: at most R messages a second on average (sleeping between
+ * bursts), to load the broker as a given message rate does (the commit
+ * path benchmark's "broker busy" run).
  *
  * Messages go to the default exchange with routing key Q (a durable queue
  * the caller declared and purged), with the body and properties signalbus
@@ -20,6 +25,8 @@
  */
 #include "bench_amqp.h"
 
+#include <time.h>
+
 int
 main(int argc, char **argv)
 {
@@ -28,6 +35,7 @@ main(int argc, char **argv)
 	long		count = 0;
 	long		burst = 0;
 	int			payload_size = 64;
+	double		rate = 0;
 	char	   *payload;
 	char	   *body;
 	size_t		body_size;
@@ -52,13 +60,15 @@ main(int argc, char **argv)
 			burst = atol(argv[i + 1]);
 		else if (!strcmp(argv[i], "--payload-size"))
 			payload_size = atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--rate"))
+			rate = atof(argv[i + 1]);
 		else
 			break;
 	}
 	if (i != argc || !url || !queue || count <= 0 || burst <= 0 ||
-		payload_size < 0 || payload_size > 100000)
+		payload_size < 0 || payload_size > 100000 || rate < 0)
 	{
-		fprintf(stderr, "usage: raw_publish --url URL --queue Q --count N --burst B [--payload-size S]\n");
+		fprintf(stderr, "usage: raw_publish --url URL --queue Q --count N --burst B [--payload-size S] [--rate R]\n");
 		return 2;
 	}
 
@@ -93,6 +103,20 @@ main(int argc, char **argv)
 		if (bc.nacked > 0)
 			bench_die("the broker nacked %ld messages", bc.nacked);
 		sent += n;
+		if (rate > 0)
+		{
+			/* keep to the average rate: sleep until this burst is due */
+			double		ahead = t0 + sent / rate - bench_now(CLOCK_MONOTONIC);
+
+			if (ahead > 0)
+			{
+				struct timespec ts;
+
+				ts.tv_sec = (time_t) ahead;
+				ts.tv_nsec = (long) ((ahead - (double) ts.tv_sec) * 1e9);
+				nanosleep(&ts, NULL);
+			}
+		}
 	}
 	t1 = bench_now(CLOCK_MONOTONIC);
 

@@ -229,6 +229,10 @@ drain() {
 # synchronous_commit on, into
 #   plain    bench_commit_plain, an ordinary table (the worker idles)
 #   signal   bench_commit_signal, a signal table: the worker sends every row
+#   busy     bench_commit_plain while bench-raw-publish sends persistent
+#            messages at the rate the signal run of this repetition reached
+#            (a diagnostic: what the broker's work alone, on the same cores,
+#            costs the clients -- no signalbus involved)
 #   noflush  bench_commit_signal with signalbus.autoflush off: the trigger
 #            and the commit callback run, but the worker is never woken (a
 #            diagnostic: the commit path's own cost, without the CPU the
@@ -238,7 +242,9 @@ drain() {
 commit() {
     local kind=$1 clients=$2 rep=$3 out tps txns backlog table=bench_commit_signal
     local opts="-c synchronous_commit=on" wpid w0 b0
+    local rate busy_pid=
     [ "$kind" = plain ] && table=bench_commit_plain
+    [ "$kind" = busy ] && table=bench_commit_plain
     [ "$kind" = noflush ] && opts="$opts -c signalbus.autoflush=off"
     log "rep $rep: pgbench $kind, $clients client(s), $PGBENCH_SECONDS s"
     purge "$Q_COMMIT"
@@ -248,10 +254,20 @@ commit() {
     wpid=$(worker_pid)
     w0=$(cpu_ticks "$wpid")
     b0=$(cpu_ticks "$RMQ_PID")
+    if [ "$kind" = busy ]; then
+        rate=$(awk -F, -v k="commit_signal_c$clients" -v r="$rep" '$1 == k && $2 == r { print $3 }' "$SAMPLES")
+        [ -n "$rate" ] || die "no signal run to take the message rate from"
+        timeout 300 "$BIN/bench-raw-publish" --url "$URL" --queue "$Q_COMMIT" \
+            --count "$(awk -v r="$rate" -v s="$PGBENCH_SECONDS" 'BEGIN { printf "%d", r * (s + 5) }')" \
+            --burst 16 --rate "$rate" >/dev/null &
+        busy_pid=$!
+        sleep 0.5
+    fi
     out=$(PGOPTIONS="$opts" timeout 300 pgbench -n -M prepared \
         -h "$SB_RUN_DIR" -p "$SB_PG_PORT" -U postgres -c "$clients" -j "$((clients < 2 ? 1 : 2))" \
         -T "$PGBENCH_SECONDS" -f "$WORK/commit_$kind.sql" postgres 2>&1) ||
         { echo "$out" >&2; die "pgbench failed"; }
+    if [ -n "$busy_pid" ]; then kill "$busy_pid" 2>/dev/null || true; wait "$busy_pid" 2>/dev/null || true; fi
     tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' <<<"$out")
     txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*$/\1/p' <<<"$out")
     [ -n "$tps" ] && [ -n "$txns" ] || { echo "$out" >&2; die "cannot read pgbench's output"; }
@@ -412,6 +428,8 @@ for rep in $(seq 1 "$REPEAT"); do
             # the diagnostic run only where the target is: 8 clients
             [ "$c" = 8 ] && kinds="$kinds noflush"
             [ $fwd = 1 ] || kinds=$(echo $kinds | tr ' ' '\n' | tac | tr '\n' ' ')
+            # after signal: it loads the broker with signal's message rate
+            [ "$c" = 8 ] && kinds="$kinds busy"
             for kind in $kinds; do commit "$kind" "$c" "$rep"; done
         done
     fi
@@ -453,6 +471,7 @@ SPEC=$WORK/spec
         echo "Commit path|Broker CPU time per transaction, $c client(s)|commit_broker_cpu_c$c|µs|||"
         if [ "$c" = 8 ]; then
             echo "Commit path|INSERT TPS, signal table, worker not woken (autoflush off), $c clients|commit_noflush_c$c|TPS|commit_plain_c$c||"
+            echo "Commit path|INSERT TPS, ordinary table, broker busy with the signal run's message rate (raw publisher, no signalbus), $c clients|commit_busy_c$c|TPS|commit_plain_c$c||"
         fi
     done
     echo "Latency|Raw publish → delivered, p50|lat_publish_to_deliver_p50|ms|||"
