@@ -1398,7 +1398,6 @@ begin_publish(SbAmqp *c, SbMessage *msgs, int capacity, bool mandatory,
 	}
 	p->first_tag = c->next_tag;
 	register_burst(c, p);
-	cork(c);
 
 	/* a connection.blocked may be waiting: read it before writing more */
 	if (!drain_ready(c, p->deadline))
@@ -1446,6 +1445,7 @@ sb_amqp_publish_add(SbAmqp *c, SbPublish *p, int i)
 	}
 	if (p->lost)
 		return;					/* the channel closed meanwhile */
+	cork(c);
 	fill_properties(m, &props);
 	body.bytes = (void *) m->body;
 	body.len = m->body_len;
@@ -1568,6 +1568,16 @@ publish_again(SbAmqp *c, SbPublish *p, bool singly)
 		}
 	}
 	return true;
+}
+
+/*
+ * sb_amqp_publish_push: let what was published so far go to the broker
+ * now, rather than when the burst's verdicts are awaited.
+ */
+void
+sb_amqp_publish_push(SbAmqp *c)
+{
+	uncork(c);
 }
 
 /*

@@ -49,6 +49,10 @@
 /* first key of the advisory lock that serializes ordered senders */
 #define SB_ORDERED_LOCK_KEY	0x53424C4B
 
+/* a burst's rows are read and handed to the broker in this many chunks */
+#define SB_CHUNKS_PER_BURST	4
+#define SB_MIN_CHUNK		16
+
 /* how often signalbus_flushmany() reports progress */
 #define SB_PROGRESS_INTERVAL_MS 10000
 
@@ -77,11 +81,11 @@ static SbCachedPlan cached_plans[SB_MAX_CACHED_PLANS];
 static int	ncached_plans = 0;
 
 /*
- * execute_cached: run sql with args through a cached plan (caller is
- * connected to SPI).
+ * cached_plan: the prepared plan of sql, kept for the life of the process
+ * (caller is connected to SPI).
  */
-static int
-execute_cached(const char *sql, int nargs, Oid *argtypes, Datum *args)
+static SPIPlanPtr
+cached_plan(const char *sql, int nargs, Oid *argtypes)
 {
 	SPIPlanPtr	plan = NULL;
 	int			i;
@@ -116,7 +120,17 @@ execute_cached(const char *sql, int nargs, Oid *argtypes, Datum *args)
 		cached_plans[ncached_plans].plan = plan;
 		ncached_plans++;
 	}
-	return SPI_execute_plan(plan, args, NULL, false, 0);
+	return plan;
+}
+
+/*
+ * execute_cached: run sql with args through its cached plan.
+ */
+static int
+execute_cached(const char *sql, int nargs, Oid *argtypes, Datum *args)
+{
+	return SPI_execute_plan(cached_plan(sql, nargs, argtypes), args, NULL,
+							false, 0);
 }
 
 /*
@@ -289,8 +303,11 @@ sb_burst_start(SbAmqp *conn, const SbSignal *sig,
 	SbInFlight *f;
 	MemoryContext cxt;
 	MemoryContext old;
+	MemoryContext spicxt;
+	Portal		portal;
+	int			limit;
+	int			chunk;
 	uint64		i;
-	int			ret;
 	bool		ordered = (sig->order_by != NULL);
 
 	memset(result, 0, sizeof(SbBurst));
@@ -376,48 +393,63 @@ sb_burst_start(SbAmqp *conn, const SbSignal *sig,
 	become_owner(sig, &scope);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	spicxt = CurrentMemoryContext;
 
-	ret = execute_cached(sql.data, 2, argtypes, args);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "signalbus: could not read signal table %s: %s",
-			 qualname, SPI_result_code_string(ret));
-
-	/* the messages outlive SPI's memory: they are built in the burst's */
-	MemoryContextSwitchTo(cxt);
-	result->fetched = (int) SPI_processed;
-	f->msgs = palloc(sizeof(SbMessage) * Max(SPI_processed, 1));
-	f->outcomes = palloc(sizeof(SbOutcome) * Max(SPI_processed, 1));
-	for (i = 0; i < SPI_processed; i++)
+	/*
+	 * The rows are read (and locked) through a cursor, a chunk at a time,
+	 * and each chunk is handed to the broker as soon as it is built: the
+	 * broker works on the first rows while the next are read.  The messages
+	 * outlive SPI's memory: they are built in the burst's.
+	 */
+	limit = DatumGetInt32(args[1]);
+	chunk = Max(limit / (4 * SB_CHUNKS_PER_BURST), SB_MIN_CHUNK);	/* soon */
+	portal = SPI_cursor_open(NULL, cached_plan(sql.data, 2, argtypes), args,
+							 NULL, false);
+	f->msgs = MemoryContextAlloc(cxt, sizeof(SbMessage) * Max(limit, 1));
+	f->outcomes = MemoryContextAlloc(cxt, sizeof(SbOutcome) * Max(limit, 1));
+	for (;;)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		ItemPointer tid;
-
-		tid = (ItemPointer) DatumGetPointer(heap_getattr(tup, layout.col_ctid, desc, &isnull));
-		if (ItemPointerCompare(tid, &result->last_tid) > 0)
-			result->last_tid = *tid;
-		if (skip_own)
+		SPI_cursor_fetch(portal, true, chunk);
+		if (SPI_processed == 0)
+			break;
+		chunk = Max(limit / SB_CHUNKS_PER_BURST, SB_MIN_CHUNK);
+		MemoryContextSwitchTo(cxt);
+		result->fetched += (int) SPI_processed;
+		for (i = 0; i < SPI_processed; i++)
 		{
-			TransactionId xmin = DatumGetTransactionId(heap_getattr(tup, layout.col_xmin,
-																	desc, &isnull));
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			ItemPointer tid;
 
-			if (TransactionIdIsCurrentTransactionId(xmin))
-				continue;
+			tid = (ItemPointer) DatumGetPointer(heap_getattr(tup, layout.col_ctid, desc, &isnull));
+			if (ItemPointerCompare(tid, &result->last_tid) > 0)
+				result->last_tid = *tid;
+			if (skip_own)
+			{
+				TransactionId xmin = DatumGetTransactionId(heap_getattr(tup, layout.col_xmin,
+																		desc, &isnull));
+
+				if (TransactionIdIsCurrentTransactionId(xmin))
+					continue;
+			}
+			if (sb_retry_not_yet(retry, sig->relid, tid, f->now))
+				continue;		/* failed before: wait for its delay */
+			sb_build_message(&f->msgs[f->nmsgs], sig, &layout, tup, desc);
+			if (f->pub == NULL)
+				f->pub = sb_amqp_publish_begin(conn, f->msgs, limit,
+											   sig->mandatory,
+											   signalbus_confirm_timeout,
+											   f->outcomes);
+			sb_amqp_publish_add(conn, f->pub, f->nmsgs);
+			f->nmsgs++;
 		}
-		if (sb_retry_not_yet(retry, sig->relid, tid, f->now))
-			continue;			/* failed before: wait for its delay */
-		sb_build_message(&f->msgs[f->nmsgs], sig, &layout, tup, desc);
-
-		/* publish as it goes: the broker works while the rest is built */
-		if (f->pub == NULL)
-			f->pub = sb_amqp_publish_begin(conn, f->msgs, (int) SPI_processed,
-										   sig->mandatory,
-										   signalbus_confirm_timeout,
-										   f->outcomes);
-		sb_amqp_publish_add(conn, f->pub, f->nmsgs);
-		f->nmsgs++;
+		if (f->pub != NULL)
+			sb_amqp_publish_push(conn);
+		MemoryContextSwitchTo(spicxt);
+		SPI_freetuptable(SPI_tuptable);
 	}
+	SPI_cursor_close(portal);
 	SPI_finish();				/* back in cxt */
 	restore_user(&scope);
 	MemoryContextSwitchTo(old);

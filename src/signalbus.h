@@ -265,6 +265,7 @@ extern SbPublish *sb_amqp_publish_begin(SbAmqp *conn, SbMessage *msgs,
 										int capacity, bool mandatory,
 										int timeout_ms, SbOutcome *outcomes);
 extern void sb_amqp_publish_add(SbAmqp *conn, SbPublish *pub, int i);
+extern void sb_amqp_publish_push(SbAmqp *conn);
 extern void sb_amqp_publish_finish(SbAmqp *conn, SbPublish *pub);
 extern void sb_amqp_forget(SbAmqp *conn);
 extern bool sb_amqp_settled(SbAmqp *conn);
