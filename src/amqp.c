@@ -1046,7 +1046,8 @@ handle_return(SbAmqp *c, amqp_basic_return_t *ret, TimestampTz deadline)
 	uint64		received = 0;
 	int			status;
 	int			b;
-	bool		matched = false;
+	int			pass;
+	int			matches = 0;
 
 	status = next_frame(c, deadline, &frame);
 	if (status != AMQP_STATUS_OK || frame.frame_type != AMQP_FRAME_HEADER)
@@ -1072,31 +1073,52 @@ handle_return(SbAmqp *c, amqp_basic_return_t *ret, TimestampTz deadline)
 		received += frame.payload.body_fragment.len;
 	}
 
-	for (b = 0; b < c->nin_flight && !matched; b++)
+	/*
+	 * A return names no delivery tag: count the pending messages it fits.
+	 * One: that message was returned.  More than one (identical exchange,
+	 * routing key and body, e.g. rows that differ only in headers): which
+	 * one is unknowable, so none of them may be deleted on its ack --
+	 * SB_AMBIGUOUS fails them all, to be retried (duplicates, never a
+	 * loss).
+	 */
+	for (pass = 0; pass < 2; pass++)
 	{
-		SbPublish  *p = c->in_flight[b];
-		int			j;
-
-		if (p->lost)
-			continue;
-		for (j = p->low; j < p->npublished; j++)
+		for (b = 0; b < c->nin_flight; b++)
 		{
-			int			i = p->by_tag[j];
-			SbMessage  *m = &p->msgs[i];
+			SbPublish  *p = c->in_flight[b];
+			int			j;
 
-			if (p->outcomes[i] == SB_PENDING &&
-				m->body_len == body_size &&
-				strcmp(m->exchange, exchange) == 0 &&
-				strcmp(m->routing_key, rkey) == 0 &&
-				memcmp(m->body, body, body_size) == 0)
+			if (p->lost)
+				continue;
+			for (j = p->low; j < p->npublished; j++)
 			{
-				p->outcomes[i] = SB_RETURNED;
+				int			i = p->by_tag[j];
+				SbMessage  *m = &p->msgs[i];
+
+				if (p->outcomes[i] != SB_PENDING ||
+					m->body_len != body_size ||
+					strcmp(m->exchange, exchange) != 0 ||
+					strcmp(m->routing_key, rkey) != 0 ||
+					memcmp(m->body, body, body_size) != 0)
+					continue;
+				if (pass == 0)
+				{
+					matches++;
+					continue;
+				}
+				p->outcomes[i] = matches == 1 ? SB_RETURNED : SB_AMBIGUOUS;
 				p->unresolved--;
-				m->error = psprintf("returned by the broker: %u %.*s",
-									ret->reply_code, (int) ret->reply_text.len,
-									(char *) ret->reply_text.bytes);
-				matched = true;
-				break;
+				{
+					/* in the burst's memory: it outlives this call's */
+					MemoryContext old = MemoryContextSwitchTo(GetMemoryChunkContext(p->msgs));
+
+					m->error = psprintf("returned by the broker: %u %.*s%s",
+										ret->reply_code, (int) ret->reply_text.len,
+										(char *) ret->reply_text.bytes,
+										matches == 1 ? "" :
+										" (it or another message with the same exchange, routing key and body)");
+					MemoryContextSwitchTo(old);
+				}
 			}
 		}
 	}
@@ -1478,8 +1500,12 @@ static void
 await_verdicts(SbAmqp *c, SbPublish *p)
 {
 	int			j;
+	TimestampTz wait_until;
 
 	uncork(c);
+	/* confirm_timeout counts from here: the database may have kept us */
+	wait_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), p->timeout_ms);
+	p->deadline = Max(p->deadline, wait_until);
 	while (p->registered && p->unresolved > 0 && !p->lost && c->usable)
 	{
 		amqp_frame_t frame;
@@ -1575,9 +1601,11 @@ publish_again(SbAmqp *c, SbPublish *p, bool singly)
  * now, rather than when the burst's verdicts are awaited.
  */
 void
-sb_amqp_publish_push(SbAmqp *c)
+sb_amqp_publish_push(SbAmqp *c, SbPublish *p)
 {
 	uncork(c);
+	/* writing the next chunk may have to wait: count from now */
+	p->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), p->timeout_ms);
 }
 
 /*
@@ -1631,7 +1659,7 @@ sb_amqp_publish_finish(SbAmqp *c, SbPublish *p)
 		if (p->outcomes[k] == SB_NACKED && p->msgs[k].error == NULL)
 			p->msgs[k].error = "refused by the broker (basic.nack)";
 	}
-	if (c->nin_flight == 0 && c->conn != NULL)
+	if (c->conn != NULL)
 		amqp_maybe_release_buffers(c->conn);
 }
 

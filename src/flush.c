@@ -445,7 +445,7 @@ sb_burst_start(SbAmqp *conn, const SbSignal *sig,
 			f->nmsgs++;
 		}
 		if (f->pub != NULL)
-			sb_amqp_publish_push(conn);
+			sb_amqp_publish_push(conn, f->pub);
 		MemoryContextSwitchTo(spicxt);
 		SPI_freetuptable(SPI_tuptable);
 	}
@@ -502,6 +502,7 @@ sb_burst_finish(SbAmqp *conn, SbInFlight *f, SbBurst *result)
 				break;
 			case SB_NACKED:
 			case SB_RETURNED:
+			case SB_AMBIGUOUS:
 			case SB_INVALID:
 			case SB_REFUSED:
 				result->failed++;

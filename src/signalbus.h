@@ -248,7 +248,8 @@ typedef enum SbOutcome
 	SB_RETURNED,				/* returned unroutable (mandatory) */
 	SB_REFUSED,					/* the broker closed the channel over it */
 	SB_UNKNOWN,					/* connection lost or timed out */
-	SB_INVALID					/* never published: not a valid message */
+	SB_INVALID,					/* never published: not a valid message */
+	SB_AMBIGUOUS				/* maybe returned: a return fitting several */
 } SbOutcome;
 
 typedef struct SbAmqp SbAmqp;
@@ -265,7 +266,7 @@ extern SbPublish *sb_amqp_publish_begin(SbAmqp *conn, SbMessage *msgs,
 										int capacity, bool mandatory,
 										int timeout_ms, SbOutcome *outcomes);
 extern void sb_amqp_publish_add(SbAmqp *conn, SbPublish *pub, int i);
-extern void sb_amqp_publish_push(SbAmqp *conn);
+extern void sb_amqp_publish_push(SbAmqp *conn, SbPublish *pub);
 extern void sb_amqp_publish_finish(SbAmqp *conn, SbPublish *pub);
 extern void sb_amqp_forget(SbAmqp *conn);
 extern bool sb_amqp_settled(SbAmqp *conn);

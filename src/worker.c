@@ -314,6 +314,7 @@ typedef struct Run
 	SbQueueEntry *entries;		/* queue: the rows */
 	int			nentries;
 	int			pos;			/* queue: the next row to send */
+	bool		solo;			/* this transaction's table failed lately */
 } Run;
 
 typedef struct Burst
@@ -326,9 +327,41 @@ typedef struct Burst
 } Burst;
 
 /*
+ * table_is_failing: whether relid's last attempt failed with an error.
+ */
+static bool
+table_is_failing(Oid relid)
+{
+	int			i;
+
+	for (i = 0; i < ntable_errors; i++)
+		if (table_errors[i].relid == relid)
+			return true;
+	return false;
+}
+
+/*
+ * may_join: whether a burst of sig may be the started-th of a transaction.
+ * An ordered table's burst is alone in its transaction (the next one
+ * depends on what this one deletes), and so is a table that failed lately
+ * (its error would roll back the other bursts, sent already: duplicates).
+ */
+static bool
+may_join(Run *run, SbSignal *sig, int started)
+{
+	bool		alone = sig->order_by != NULL || table_is_failing(sig->relid);
+
+	if (started == 0)
+	{
+		run->solo = alone;
+		return true;
+	}
+	return !alone && !run->solo;
+}
+
+/*
  * next_burst: the run's next burst, the started-th of its transaction;
- * false when there is none that may join it.  An ordered table's burst is
- * alone in its transaction: the next one depends on what this one deletes.
+ * false when there is none that may join it.
  */
 static bool
 next_burst(Run *run, int started, Burst *b)
@@ -336,7 +369,7 @@ next_burst(Run *run, int started, Burst *b)
 	memset(b, 0, sizeof(Burst));
 	if (run->entries == NULL)
 	{
-		if (run->exhausted || (run->sig->order_by != NULL && started > 0))
+		if (run->exhausted || !may_join(run, run->sig, started))
 			return false;
 		b->sig = run->sig;
 		return true;
@@ -356,7 +389,7 @@ next_burst(Run *run, int started, Burst *b)
 			run->pos = end;		/* no longer a signal table */
 			continue;
 		}
-		if (sig->order_by != NULL && started > 0)
+		if (!may_join(run, sig, started))
 			return false;
 		b->sig = sig;
 		b->ntids = end - run->pos;

@@ -252,6 +252,34 @@ is(join(',', grep { !(($_ >= 21 && $_ < 50) || ($_ >= 101 && $_ < 130)) } @pdup)
 	'pipelined: duplicates only of rows routed before a culprit');
 is(dead(q{"row"->>'id'}), '50;130', 'pipelined: the dead letters are the 2 culprits');
 
+# --- a return that fits two messages -------------------------------------------
+# basic.return names no delivery tag: it is matched by exchange, routing key
+# and body.  Rows 2 and 3 have the same body and differ only in a header, and
+# the headers exchange routes row 2 but not row 3: the return cannot say
+# which one came back, so neither may be deleted on its ack.  Row 3 must end
+# in signalbus_dead_letters, never silently deleted; row 1 (a body of its
+# own) arrives once.
+my $QH = '320.headers';
+declare_queue($QH, [ 'amq.headers', 'x=1' ]);
+$node->safe_psql('postgres', qq{
+	TRUNCATE signalbus_dead_letters;
+	CREATE TABLE s320h (id int PRIMARY KEY, body text, headers jsonb);
+	SELECT signalbus_register('s320h', exchange => 'amq.headers', routing_key => '',
+	                          mandatory => true);
+	INSERT INTO s320h VALUES (1, 'one of a kind', '{"x": "1"}'),
+	                         (2, 'same', '{"x": "1"}'), (3, 'same', '{"x": "2"}');
+});
+ok(wait_for_sql($node, 'SELECT count(*) FROM s320h', '0', 60), 'ambiguous return: the table drains');
+$m = get_messages($QH, timeout => 2);
+my %hgot;
+$hgot{ $_->{body} }++ for @$m;
+my %hdead = map { $_ => 1 } split /;/, dead(q{"row"->>'id'}) // '';
+note 'ambiguous return: received ' . join(', ', map { "$_ x$hgot{$_}" } sort keys %hgot)
+  . '; dead letters: ' . join(',', sort keys %hdead);
+is($hgot{'one of a kind'} // 0, 1, 'ambiguous return: the row with a body of its own arrived once');
+ok($hdead{3}, 'ambiguous return: the unroutable row is in signalbus_dead_letters, not lost');
+ok($hgot{same} || $hdead{2}, 'ambiguous return: its twin arrived or is set aside');
+
 unlike(slurp_file($node->logfile), qr/terminated by signal/, 'no process crashed');
 $node->stop;
 done_testing();

@@ -12,7 +12,9 @@
  *       declare exchanges (durable=false, auto_delete=false, TYPE default
  *       direct), then queue Q (auto_delete=false, durable only with
  *       --durable: RabbitMQ deletes non-durable queues on stop_app/restart),
- *       purge it if --purge, bind it (split at the first ':').
+ *       purge it if --purge, bind it (split at the first ':'; a binding
+ *       EXCHANGE:KEY=VALUE binds to a headers exchange, matching header
+ *       KEY with the string VALUE).
  *   amqp-dump [--url URL] --length Q
  *       print the number of ready messages in Q (passive declare); exit 1
  *       if Q does not exist.
@@ -416,11 +418,26 @@ int main(int argc, char **argv) {
 		}
 		for (i = 0; declare && i < nbinds; i++) {
 			char	   *ex = strdup(binds[i]), *rk = strchr(ex, ':');
+			char	   *eq;
+			amqp_table_entry_t match[2];
+			amqp_table_t args = amqp_empty_table;
 
 			*rk++ = '\0';
+			/* EXCHANGE:KEY=VALUE binds to a headers exchange (x-match all) */
+			if ((eq = strchr(rk, '=')) != NULL) {
+				*eq++ = '\0';
+				match[0].key = amqp_cstring_bytes("x-match");
+				match[0].value.kind = AMQP_FIELD_KIND_UTF8;
+				match[0].value.value.bytes = amqp_cstring_bytes("all");
+				match[1].key = amqp_cstring_bytes(rk);
+				match[1].value.kind = AMQP_FIELD_KIND_UTF8;
+				match[1].value.value.bytes = amqp_cstring_bytes(eq);
+				args.num_entries = 2;
+				args.entries = match;
+				rk = "";
+			}
 			amqp_queue_bind(conn, 1, amqp_cstring_bytes(declare),
-							amqp_cstring_bytes(ex), amqp_cstring_bytes(rk),
-							amqp_empty_table);
+							amqp_cstring_bytes(ex), amqp_cstring_bytes(rk), args);
 			check_rpc(amqp_get_rpc_reply(conn), "queue.bind");
 			free(ex);
 		}
