@@ -55,7 +55,7 @@
 #define SB_WAIT_SLICE_MS		1000
 #define SB_FRAME_MAX			131072
 #define SB_SEND_TIMEOUT_S		10
-#define SB_MAX_IN_FLIGHT		4
+#define SB_MAX_IN_FLIGHT		8
 
 struct SbAmqp
 {

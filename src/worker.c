@@ -12,8 +12,9 @@
  *	  not created in the database;
  *	- when there is work, connect if needed, then send: queued rows by
  *	  ctid, then, if due, a sweep of every table; bursts are pipelined
- *	  (the next is published while the broker confirms the last), up to
- *	  SB_BURSTS_PER_XACT of them in a transaction;
+ *	  (up to SB_PIPELINE_DEPTH in flight: the next ones are published while
+ *	  the broker confirms the first), up to SB_BURSTS_PER_XACT of them in a
+ *	  transaction;
  *	- wait on the latch until the next sweep.
  * A broker failure keeps the unconfirmed rows, closes the connection and backs
  * off exponentially (with jitter, up to signalbus.max_backoff); the next
@@ -44,6 +45,7 @@
 #define SB_POP_BATCH		8192
 #define SB_TABLE_ERRORS		64
 #define SB_BURSTS_PER_XACT	8	/* bursts a transaction sends, pipelined */
+#define SB_PIPELINE_DEPTH	3	/* bursts in flight at most */
 
 static SbSlot *slot = NULL;
 static SbAmqp *conn = NULL;
@@ -472,8 +474,8 @@ send_run(Run *run)
 			{
 				Burst	   *b = &bursts[nfinished];
 
-				/* the next burst goes out before this one's verdicts are in */
-				if (nstarted == nfinished + 1 && nstarted < SB_BURSTS_PER_XACT &&
+				/* the next bursts go out before this one's verdicts are in */
+				while (nstarted - nfinished < SB_PIPELINE_DEPTH && nstarted < SB_BURSTS_PER_XACT &&
 					sb_amqp_usable(conn) && sb_amqp_settled(conn) &&
 					next_burst(run, nstarted, &bursts[nstarted]))
 				{
