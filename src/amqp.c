@@ -1394,12 +1394,15 @@ wait_for_send_space(SbAmqp *c, SbMessage *m, TimestampTz deadline)
 }
 
 /*
- * begin_publish: a burst of up to capacity of msgs, published on the
- * current channel (opened if need be) as sb_amqp_publish_add() hands them.
+ * sb_amqp_publish_begin: a burst of up to capacity of msgs, whose messages
+ * are given by sb_amqp_publish_add() (and published on the current channel,
+ * opened if need be, as they are given, so that the broker works while the
+ * next ones are built), and whose verdicts sb_amqp_publish_finish() waits
+ * for.  Other bursts may be in flight meanwhile (up to SB_MAX_IN_FLIGHT).
  */
-static SbPublish *
-begin_publish(SbAmqp *c, SbMessage *msgs, int capacity, bool mandatory,
-			  int timeout_ms, SbOutcome *outcomes)
+SbPublish *
+sb_amqp_publish_begin(SbAmqp *c, SbMessage *msgs, int capacity, bool mandatory,
+					  int timeout_ms, SbOutcome *outcomes)
 {
 	SbPublish  *p = palloc0(sizeof(SbPublish));
 
@@ -1557,8 +1560,8 @@ publish_again(SbAmqp *c, SbPublish *p, bool singly)
 
 	if (!singly)
 	{
-		SbPublish  *q = begin_publish(c, p->msgs, n, p->mandatory,
-									  p->timeout_ms, p->outcomes);
+		SbPublish  *q = sb_amqp_publish_begin(c, p->msgs, n, p->mandatory,
+											  p->timeout_ms, p->outcomes);
 
 		for (j = 0; j < n; j++)
 			sb_amqp_publish_add(c, q, idx[j]);
@@ -1578,8 +1581,8 @@ publish_again(SbAmqp *c, SbPublish *p, bool singly)
 		 */
 		for (attempt = 0; attempt < 2 && c->usable; attempt++)
 		{
-			SbPublish  *q = begin_publish(c, p->msgs, 1, p->mandatory,
-										  p->timeout_ms, p->outcomes);
+			SbPublish  *q = sb_amqp_publish_begin(c, p->msgs, 1, p->mandatory,
+												  p->timeout_ms, p->outcomes);
 
 			sb_amqp_publish_add(c, q, i);
 			await_verdicts(c, q);
@@ -1606,20 +1609,6 @@ sb_amqp_publish_push(SbAmqp *c, SbPublish *p)
 	uncork(c);
 	/* writing the next chunk may have to wait: count from now */
 	p->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), p->timeout_ms);
-}
-
-/*
- * sb_amqp_publish_begin: a burst of up to capacity of msgs, whose messages
- * are given by sb_amqp_publish_add() (and published as they are given, so
- * that the broker works while the next ones are built), and whose verdicts
- * sb_amqp_publish_finish() waits for.  Other bursts may be in flight
- * meanwhile (up to SB_MAX_IN_FLIGHT in all).
- */
-SbPublish *
-sb_amqp_publish_begin(SbAmqp *c, SbMessage *msgs, int capacity, bool mandatory,
-					  int timeout_ms, SbOutcome *outcomes)
-{
-	return begin_publish(c, msgs, capacity, mandatory, timeout_ms, outcomes);
 }
 
 /*
@@ -1661,21 +1650,4 @@ sb_amqp_publish_finish(SbAmqp *c, SbPublish *p)
 	}
 	if (c->conn != NULL)
 		amqp_maybe_release_buffers(c->conn);
-}
-
-/*
- * sb_amqp_publish_burst: publish msgs and wait for the verdicts (both of
- * the above).
- */
-void
-sb_amqp_publish_burst(SbAmqp *c, SbMessage *msgs, int nmsgs, bool mandatory,
-					  int timeout_ms, SbOutcome *outcomes)
-{
-	SbPublish  *p = begin_publish(c, msgs, nmsgs, mandatory, timeout_ms,
-								  outcomes);
-	int			i;
-
-	for (i = 0; i < nmsgs; i++)
-		sb_amqp_publish_add(c, p, i);
-	sb_amqp_publish_finish(c, p);
 }

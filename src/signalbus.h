@@ -259,9 +259,6 @@ extern SbAmqp *sb_amqp_connect(const char *url, const char *connection_name);
 extern void sb_amqp_close(SbAmqp *conn);
 extern bool sb_amqp_usable(SbAmqp *conn);
 extern const char *sb_amqp_last_error(SbAmqp *conn);
-extern void sb_amqp_publish_burst(SbAmqp *conn, SbMessage *msgs, int nmsgs,
-								  bool mandatory, int timeout_ms,
-								  SbOutcome *outcomes);
 extern SbPublish *sb_amqp_publish_begin(SbAmqp *conn, SbMessage *msgs,
 										int capacity, bool mandatory,
 										int timeout_ms, SbOutcome *outcomes);

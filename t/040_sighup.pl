@@ -48,12 +48,7 @@ $node->safe_psql('postgres', qq{
 	INSERT INTO s040 SELECT g, 'x' FROM generate_series(1, 3) g;
 });
 
-sub status
-{
-	my ($cols) = @_;
-	return $node->safe_psql('postgres',
-		"SELECT $cols FROM signalbus_status WHERE database = 'postgres'");
-}
+sub status { return worker_status($node, @_) }
 
 # --- no broker at the configured URL ---------------------------------------
 ok( $node->poll_query_until(

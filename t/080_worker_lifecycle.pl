@@ -33,23 +33,9 @@ declare_queue($_) for $QM, $QD, $QT, $QO;
 $node->safe_psql('postgres', 'CREATE DATABASE mon');
 $node->safe_psql('mon', 'CREATE EXTENSION signalbus');
 
-sub status
-{
-	my ($cols) = @_;
-	return $node->safe_psql('mon',
-		"SELECT $cols FROM signalbus_status WHERE database = 'postgres'");
-}
+sub status { return worker_status($node, $_[0], 'mon') }
 
-sub wait_status
-{
-	my ($cond, $what, $timeout) = @_;
-	return ok(
-		wait_for_sql(
-			$node,
-			"SELECT count(*) FROM signalbus_status WHERE database = 'postgres' AND ($cond)",
-			'1', $timeout // 60, 'mon'),
-		$what);
-}
+sub wait_status { return wait_worker_status($node, $_[0], $_[1], $_[2] // 60, 'mon') }
 
 # ids received from queue $q (waits for $n messages), sorted numerically
 sub ids_from
@@ -93,17 +79,7 @@ is(status('queued'), '10', 'rows queued for the frozen worker');
 kill 'KILL', $pid2;
 thaw_worker();    # (it is dead: this only forgets it)
 # the server is unavailable for a moment: retry through connection failures
-my $deadline = time + 60;
-my $newpid = '';
-while (time < $deadline)
-{
-	$newpid = eval {
-		$node->safe_psql('mon',
-			"SELECT pid FROM signalbus_status WHERE database = 'postgres' AND pid <> $pid2");
-	} // '';
-	last if $newpid =~ /^\d+$/;
-	sleep 0.2;
-}
+my $newpid = wait_new_worker($node, $pid2, 'mon');
 like($newpid, qr/^\d+$/, 'after the crash-restart a new worker runs');
 like(
 	slurp_file($node->logfile, $offset),

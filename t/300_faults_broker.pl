@@ -35,23 +35,9 @@ $node->safe_psql('postgres', q{
 	  AS $$BEGIN PERFORM pg_catalog.pg_sleep(TG_ARGV[0]::float8); RETURN NULL; END$$;
 });
 
-sub status
-{
-	my ($cols) = @_;
-	return $node->safe_psql('postgres',
-		"SELECT $cols FROM signalbus_status WHERE database = 'postgres'");
-}
+sub status { return worker_status($node, @_) }
 
-sub wait_status
-{
-	my ($cond, $what, $timeout) = @_;
-	return ok(
-		wait_for_sql(
-			$node,
-			"SELECT count(*) FROM signalbus_status WHERE database = 'postgres' AND ($cond)",
-			'1', $timeout // 30),
-		$what);
-}
+sub wait_status { return wait_worker_status($node, @_) }
 
 sub pending
 {
@@ -83,21 +69,7 @@ sub insert_ids
 	return;
 }
 
-# wait until at most $n rows of $table are left (the drain is under way)
-sub wait_below
-{
-	my ($table, $n, $timeout) = @_;
-	my $deadline = time + ($timeout // 30);
-	my $c;
-	while (time < $deadline)
-	{
-		$c = pending($table);
-		return $c if $c <= $n;
-		sleep 0.05;
-	}
-	diag "$table still has $c rows after $timeout s";
-	return $c;
-}
+sub wait_below { return wait_rows_below($node, @_) }
 
 sub dead_letters
 {

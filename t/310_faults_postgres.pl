@@ -36,35 +36,11 @@ $node->safe_psql('postgres', q{
 });
 
 # psql that retries while the server is restarting
-sub sql_retry
-{
-	my ($sql, $timeout) = @_;
-	my $deadline = time + ($timeout // 60);
-	while (1)
-	{
-		my $out = eval { $node->safe_psql('postgres', $sql) };
-		return $out if defined $out;
-		die $@ if time > $deadline;
-		sleep 0.2;
-	}
-}
+sub sql_retry { return query_retry($node, @_) }
 
-sub status
-{
-	my ($cols) = @_;
-	return sql_retry("SELECT $cols FROM signalbus_status WHERE database = 'postgres'");
-}
+sub status { return worker_status($node, @_) }
 
-sub wait_status
-{
-	my ($cond, $what, $timeout) = @_;
-	return ok(
-		wait_for_sql(
-			$node,
-			"SELECT count(*) FROM signalbus_status WHERE database = 'postgres' AND ($cond)",
-			'1', $timeout // 30),
-		$what);
-}
+sub wait_status { return wait_worker_status($node, @_) }
 
 sub pending
 {
@@ -102,20 +78,7 @@ sub insert_ids
 	return;
 }
 
-sub wait_below
-{
-	my ($table, $n, $timeout) = @_;
-	my $deadline = time + ($timeout // 30);
-	my $c;
-	while (time < $deadline)
-	{
-		$c = pending($table);
-		return $c if $c <= $n;
-		sleep 0.05;
-	}
-	diag "$table still has $c rows";
-	return $c;
-}
+sub wait_below { return wait_rows_below($node, @_) }
 
 sub drained
 {
@@ -148,17 +111,7 @@ my $N = 6000;
 	my $pid = status('pid');
 	kill 'KILL', $pid or die "kill -KILL $pid: $!";
 	my $t0 = time;
-	my $newpid = '';
-	my $deadline = time + 60;
-	while (time < $deadline)
-	{
-		$newpid = eval {
-			$node->safe_psql('postgres',
-				"SELECT pid FROM signalbus_status WHERE database = 'postgres' AND pid <> $pid");
-		} // '';
-		last if $newpid =~ /^\d+$/;
-		sleep 0.2;
-	}
+	my $newpid = wait_new_worker($node, $pid);
 	like($newpid, qr/^\d+$/, 'after the crash-restart a new worker runs');
 	like(slurp_file($node->logfile, $offset),
 		qr/signalbus worker.*\(PID $pid\) was terminated by signal 9/,

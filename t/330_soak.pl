@@ -40,12 +40,7 @@ ok( $node->poll_query_until(
 		"SELECT state = 'idle' FROM signalbus_status WHERE database = 'postgres'"),
 	'worker idle');
 
-sub status
-{
-	my ($cols) = @_;
-	return $node->safe_psql('postgres',
-		"SELECT $cols FROM signalbus_status WHERE database = 'postgres'");
-}
+sub status { return worker_status($node, @_) }
 
 my $script = "$PostgreSQL::Test::Utils::tmp_check/330_insert.sql";
 open my $fh, '>', $script or die "$script: $!";

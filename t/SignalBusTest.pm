@@ -59,6 +59,7 @@ use PostgreSQL::Test::Cluster;
 use Exporter 'import';
 our @EXPORT = qw(amqp_url new_node declare_queue declare_exchange get_messages
   body_json queue_length broker_ctl broker_stop broker_start wait_for_sql
+  query_retry worker_status wait_worker_status wait_new_worker wait_rows_below
   check_arrived freeze_worker thaw_worker worker_log_lines);
 
 BEGIN
@@ -323,6 +324,106 @@ sub wait_for_sql
 	}
 	diag "wait_for_sql timed out: $query\nexpected: $expected\ngot: $out\nstderr: $err";
 	return 0;
+}
+
+=item query_retry($node, $sql, $timeout = 60, $dbname = 'postgres')
+
+Runs C<$sql> and returns its output, retrying while the server cannot be
+reached (a crash-restart, a restart under way) for up to C<$timeout>
+seconds; dies after that.
+
+=cut
+
+sub query_retry
+{
+	my ($node, $sql, $timeout, $dbname) = @_;
+	my $deadline = time + ($timeout // 60);
+	while (1)
+	{
+		my $out = eval { $node->safe_psql($dbname // 'postgres', $sql) };
+		return $out if defined $out;
+		die $@ if time > $deadline;
+		sleep 0.2;
+	}
+}
+
+=item worker_status($node, $cols, $dbname = 'postgres')
+
+C<$cols> of the C<signalbus_status> row of database postgres's worker, read
+in C<$dbname> (with query_retry).
+
+=cut
+
+sub worker_status
+{
+	my ($node, $cols, $dbname) = @_;
+	return query_retry($node,
+		"SELECT $cols FROM signalbus_status WHERE database = 'postgres'",
+		undef, $dbname);
+}
+
+=item wait_worker_status($node, $cond, $what, $timeout = 30, $dbname = 'postgres')
+
+Asserts (C<$what>) that database postgres's worker row satisfies C<$cond>
+within C<$timeout> seconds.
+
+=cut
+
+sub wait_worker_status
+{
+	my ($node, $cond, $what, $timeout, $dbname) = @_;
+	return Test::More::ok(
+		wait_for_sql(
+			$node,
+			"SELECT count(*) FROM signalbus_status WHERE database = 'postgres' AND ($cond)",
+			'1', $timeout // 30, $dbname),
+		$what);
+}
+
+=item wait_new_worker($node, $oldpid, $dbname = 'postgres')
+
+Waits up to 60 s (through a crash-restart) for a worker of database
+postgres other than C<$oldpid>; returns its pid, or '' if none came.
+
+=cut
+
+sub wait_new_worker
+{
+	my ($node, $oldpid, $dbname) = @_;
+	my $deadline = time + 60;
+	my $pid = '';
+	while (time < $deadline)
+	{
+		$pid = eval {
+			$node->safe_psql($dbname // 'postgres',
+				"SELECT pid FROM signalbus_status WHERE database = 'postgres' AND pid <> $oldpid");
+		} // '';
+		last if $pid =~ /^\d+$/;
+		sleep 0.2;
+	}
+	return $pid;
+}
+
+=item wait_rows_below($node, $table, $n, $timeout = 30)
+
+Waits until at most C<$n> rows of C<$table> are left (a drain is under way);
+returns the last count.
+
+=cut
+
+sub wait_rows_below
+{
+	my ($node, $table, $n, $timeout) = @_;
+	my $deadline = time + ($timeout // 30);
+	my $c;
+	while (time < $deadline)
+	{
+		$c = query_retry($node, "SELECT count(*) FROM $table");
+		return $c if $c <= $n;
+		sleep 0.05;
+	}
+	Test::More::diag("$table still has $c rows after " . ($timeout // 30) . ' s');
+	return $c;
 }
 
 =item check_arrived($queue, \@ids, $what)
